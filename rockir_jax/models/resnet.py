@@ -1,0 +1,117 @@
+"""ResNet-18/34 in Flax with torchvision's exact layout, padding and parameter names.
+
+Submodule names mirror torchvision's state-dict keys (``conv1``, ``bn1``, ``layer1_0.conv1``,
+``layer2_0.downsample_conv`` …) so that weight porting is a plain table (see
+:mod:`rockir_jax.porting`). Padding is explicit because ``SAME`` padding does not reproduce
+torchvision's strided convolutions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Literal
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+Output = Literal["logits", "pooled", "feature_map"]
+
+STAGE_SIZES = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+STAGE_WIDTHS = (64, 128, 256, 512)
+FEATURE_DIM = STAGE_WIDTHS[-1]
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ``BasicBlock``: two 3×3 convolutions and an optional 1×1 projection."""
+
+    features: int
+    strides: int
+    conv: type[nn.Conv]
+    norm: type[nn.BatchNorm]
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        residual = x
+        y = self.conv(self.features, (3, 3), self.strides, padding=1, name="conv1")(x)
+        y = nn.relu(self.norm(name="bn1")(y))
+        y = self.conv(self.features, (3, 3), 1, padding=1, name="conv2")(y)
+        y = self.norm(name="bn2")(y)
+        if self.strides != 1 or x.shape[-1] != self.features:
+            residual = self.conv(self.features, (1, 1), self.strides, padding=0, name="downsample_conv")(
+                x
+            )
+            residual = self.norm(name="downsample_bn")(residual)
+        return nn.relu(y + residual)
+
+
+class ResNet(nn.Module):
+    """A torchvision-layout ResNet with basic blocks, on NHWC float input.
+
+    Attributes:
+      stage_sizes: blocks per stage, e.g. ``(2, 2, 2, 2)`` for ResNet-18.
+      num_classes: size of the ``fc`` classifier; ``None`` builds the backbone without it.
+      axis_name: mesh axis over which BatchNorm averages batch statistics in training
+        (cross-device BatchNorm inside ``shard_map``); ``None`` keeps them per device.
+      dtype: computation dtype (parameters and BatchNorm statistics stay float32).
+    """
+
+    stage_sizes: Sequence[int]
+    num_classes: int | None = None
+    axis_name: str | None = None
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, x: jnp.ndarray, train: bool = False, output: Output | None = None
+    ) -> jnp.ndarray:
+        """Runs the network.
+
+        Args:
+          x: images, ``(N, H, W, 3)``.
+          train: use batch statistics and update ``batch_stats`` (mutable) instead of the running ones.
+          output: ``"feature_map"`` (``(N, H/32, W/32, 512)``, what the DSNN trains on),
+            ``"pooled"`` (``(N, 512)``, what retrieval embeds) or ``"logits"``; defaults to
+            logits when the network has a classifier, else pooled features.
+        """
+        if output is None:
+            output = "pooled" if self.num_classes is None else "logits"
+        conv = partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        # torch momentum 0.1 is flax momentum 0.9
+        norm = partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=self.dtype,
+            axis_name=self.axis_name if train else None,
+        )
+        x = x.astype(self.dtype)
+        x = conv(STAGE_WIDTHS[0], (7, 7), 2, padding=3, name="conv1")(x)
+        x = nn.relu(norm(name="bn1")(x))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        for stage, (num_blocks, width) in enumerate(zip(self.stage_sizes, STAGE_WIDTHS)):
+            for block in range(num_blocks):
+                strides = 2 if stage > 0 and block == 0 else 1
+                x = BasicBlock(width, strides, conv, norm, name=f"layer{stage + 1}_{block}")(x)
+        if output == "feature_map":
+            return x
+        x = jnp.mean(x, axis=(1, 2))
+        if output == "pooled":
+            return x
+        if output != "logits":
+            raise ValueError(f"output must be 'logits', 'pooled' or 'feature_map', got {output!r}")
+        if self.num_classes is None:
+            raise ValueError("output='logits' needs a ResNet built with num_classes")
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
+
+
+ResNet18 = partial(ResNet, stage_sizes=STAGE_SIZES["resnet18"])
+ResNet34 = partial(ResNet, stage_sizes=STAGE_SIZES["resnet34"])
+
+
+def build_resnet(arch: str, **kwargs) -> ResNet:
+    """``build_resnet("resnet18" | "resnet34", **module_attributes)``."""
+    if arch not in STAGE_SIZES:
+        raise ValueError(f"unknown backbone {arch!r}; choose one of {sorted(STAGE_SIZES)}")
+    return ResNet(stage_sizes=STAGE_SIZES[arch], **kwargs)
