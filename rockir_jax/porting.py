@@ -42,12 +42,20 @@ def _resnet_table() -> list[tuple[str, str, tuple[int, ...] | None]]:
         (r"fc\.weight", "params/fc/kernel", LINEAR),
         (r"fc\.bias", "params/fc/bias", None),
         (r"layer(\d)\.(\d+)\.conv(\d)\.weight", "params/layer{0}_{1}/conv{2}/kernel", CONV2D),
-        (r"layer(\d)\.(\d+)\.downsample\.0\.weight", "params/layer{0}_{1}/downsample_conv/kernel", CONV2D),
+        (
+            r"layer(\d)\.(\d+)\.downsample\.0\.weight",
+            "params/layer{0}_{1}/downsample_conv/kernel",
+            CONV2D,
+        ),
     ]
     for suffix, target, transpose in _BN:
         table += [
             (rf"bn1\.{suffix}", target.format(p="bn1"), transpose),
-            (rf"layer(\d)\.(\d+)\.bn(\d)\.{suffix}", target.format(p="layer{0}_{1}/bn{2}"), transpose),
+            (
+                rf"layer(\d)\.(\d+)\.bn(\d)\.{suffix}",
+                target.format(p="layer{0}_{1}/bn{2}"),
+                transpose,
+            ),
             (
                 rf"layer(\d)\.(\d+)\.downsample\.1\.{suffix}",
                 target.format(p="layer{0}_{1}/downsample_bn"),
@@ -81,9 +89,7 @@ def load_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError as err:
-        raise ImportError(
-            "reading .pth/.pt files needs torch: pip install 'rockir_jax[torch]'"
-        ) from err
+        raise ImportError("reading .pth/.pt files needs torch: pip install 'rockir_jax[torch]'") from err
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such state-dict file")
@@ -137,10 +143,10 @@ def convert(
     for key, value in state_dict.items():
         if IGNORED_KEYS.fullmatch(key):
             continue
-        for pattern, template, transpose in table:
+        for pattern, template, rule_transpose in table:
             match = re.fullmatch(pattern, key)
             if match:
-                target = template.format(*match.groups())
+                target, transpose = template.format(*match.groups()), rule_transpose
                 break
         else:
             problems.append(f"unexpected key {key!r} (no mapping rule)")
@@ -172,9 +178,7 @@ def expected_resnet_shapes(arch: str, num_classes: int | None) -> dict[str, Any]
     model = build_resnet(arch, num_classes=num_classes)
     x = jax.ShapeDtypeStruct((1, 64, 64, 3), np.float32)
     output = "logits" if num_classes else "pooled"
-    shapes = jax.eval_shape(
-        lambda x: model.init(jax.random.key(0), x, train=False, output=output), x
-    )
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False, output=output), x)
     return traverse_util.flatten_dict(shapes, sep="/")
 
 
@@ -210,3 +214,70 @@ def load_variables(directory: str | Path) -> dict[str, Any]:
     with ocp.StandardCheckpointer() as checkpointer:
         restored = checkpointer.restore(directory)
     return jax.tree.map(np.asarray, restored)
+
+
+def _linear_rules(*modules: str) -> list[tuple[str, str, tuple[int, ...] | None]]:
+    """Rules for the original's ``nn.Sequential(nn.Linear, activation)`` layers named ``<m>.0``."""
+    rules: list[tuple[str, str, tuple[int, ...] | None]] = []
+    for module in modules:
+        rules += [
+            (rf"{module}\.0\.weight", f"params/{module}/kernel", LINEAR),
+            (rf"{module}\.0\.bias", f"params/{module}/bias", None),
+        ]
+    return rules
+
+
+HEAD_TABLE = _linear_rules("fc_out", "fc_out_image", "fc_out_rock", "fc_fusion", "fc_fusion2", "fc_fusion3")
+REGRESSION_TABLE = _linear_rules("fc", "out_por", "out_perm")
+
+
+def _expected_shapes(module, *inputs) -> dict[str, Any]:
+    shapes = jax.eval_shape(lambda *x: module.init(jax.random.key(0), *x), *inputs)
+    return traverse_util.flatten_dict(shapes, sep="/")
+
+
+def import_rockir_heads(siam_pt: str | Path, reg_pt: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(head_variables, regression_variables)`` from the original's ``siam_epoch-N.pt`` and
+    ``reg_epoch-N.pt``, for :class:`~rockir_jax.models.GatedSiameseHead` and
+    :class:`~rockir_jax.models.RegressionHead`."""
+    from rockir_jax.models.heads import GatedSiameseHead, RegressionHead
+
+    feature_map = jax.ShapeDtypeStruct((1, 1, 1, 512), np.float32)
+    head = convert(
+        load_torch_state_dict(siam_pt),
+        HEAD_TABLE,
+        _expected_shapes(GatedSiameseHead(), *[feature_map] * 4),
+        source=str(siam_pt),
+    )
+    regression = convert(
+        load_torch_state_dict(reg_pt),
+        REGRESSION_TABLE,
+        _expected_shapes(RegressionHead(), feature_map),
+        source=str(reg_pt),
+    )
+    return head, regression
+
+
+def import_rockir_checkpoint(
+    image_pt: str | Path,
+    rock_pt: str | Path,
+    siam_pt: str | Path,
+    reg_pt: str | Path,
+    arch: str = "resnet18",
+) -> dict[str, Any]:
+    """Full :class:`~rockir_jax.models.DSNN` variables from the original's four checkpoint files."""
+    image = torchvision_to_flax(load_torch_state_dict(image_pt), arch)
+    rock = torchvision_to_flax(load_torch_state_dict(rock_pt), arch)
+    head, regression = import_rockir_heads(siam_pt, reg_pt)
+    return {
+        "params": {
+            "image_backbone": image["params"],
+            "rock_backbone": rock["params"],
+            "head": head["params"],
+            "regression": regression["params"],
+        },
+        "batch_stats": {
+            "image_backbone": image["batch_stats"],
+            "rock_backbone": rock["batch_stats"],
+        },
+    }

@@ -1,6 +1,7 @@
 """Ports torchvision (or original RockIR) ResNet weights to an orbax checkpoint of Flax variables.
 
-    python scripts/port_torchvision_weights.py --arch resnet18 --pth resnet18-f37072fd.pth --out weights/resnet18
+    python scripts/port_torchvision_weights.py --arch resnet18 --pth resnet18-f37072fd.pth \
+        --out weights/resnet18
     python scripts/port_torchvision_weights.py --arch resnet34 --download --out weights/resnet34
 
 The output directory holds ``params`` and ``batch_stats``; point a config's ``pretrained`` at it.

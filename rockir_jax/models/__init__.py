@@ -1,5 +1,21 @@
 """Flax models: torchvision-layout ResNets, the DSNN's heads and the full networks."""
 
+from rockir_jax.models.dsnn import DSNN, SiameseNet, VanillaNet, build_model, l2_normalize
+from rockir_jax.models.heads import GatedSiameseHead, RegressionHead, SiameseHead
 from rockir_jax.models.resnet import FEATURE_DIM, ResNet, ResNet18, ResNet34, build_resnet
 
-__all__ = ["FEATURE_DIM", "ResNet", "ResNet18", "ResNet34", "build_resnet"]
+__all__ = [
+    "DSNN",
+    "FEATURE_DIM",
+    "GatedSiameseHead",
+    "RegressionHead",
+    "ResNet",
+    "ResNet18",
+    "ResNet34",
+    "SiameseHead",
+    "SiameseNet",
+    "VanillaNet",
+    "build_model",
+    "build_resnet",
+    "l2_normalize",
+]

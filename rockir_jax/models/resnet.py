@@ -38,9 +38,7 @@ class BasicBlock(nn.Module):
         y = self.conv(self.features, (3, 3), 1, padding=1, name="conv2")(y)
         y = self.norm(name="bn2")(y)
         if self.strides != 1 or x.shape[-1] != self.features:
-            residual = self.conv(self.features, (1, 1), self.strides, padding=0, name="downsample_conv")(
-                x
-            )
+            residual = self.conv(self.features, (1, 1), self.strides, padding=0, name="downsample_conv")(x)
             residual = self.norm(name="downsample_bn")(residual)
         return nn.relu(y + residual)
 
@@ -62,9 +60,7 @@ class ResNet(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(
-        self, x: jnp.ndarray, train: bool = False, output: Output | None = None
-    ) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, train: bool = False, output: Output | None = None) -> jnp.ndarray:
         """Runs the network.
 
         Args:
@@ -90,7 +86,7 @@ class ResNet(nn.Module):
         x = conv(STAGE_WIDTHS[0], (7, 7), 2, padding=3, name="conv1")(x)
         x = nn.relu(norm(name="bn1")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        for stage, (num_blocks, width) in enumerate(zip(self.stage_sizes, STAGE_WIDTHS)):
+        for stage, (num_blocks, width) in enumerate(zip(self.stage_sizes, STAGE_WIDTHS, strict=True)):
             for block in range(num_blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
                 x = BasicBlock(width, strides, conv, norm, name=f"layer{stage + 1}_{block}")(x)

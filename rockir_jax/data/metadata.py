@@ -1,0 +1,459 @@
+"""Metadata CSV schema, regression targets, image reading and data-set validation.
+
+The user's data set follows the original RockIR layout::
+
+    <root>/train/<sample>/*.png     one folder per sample
+    <root>/val/<sample>/*.png       optional
+    <root>/db_test/*.png            optional, flat; sample = file-name rule below
+    metadata.csv                    one row per sample
+
+CSV columns of the original: ``Image, Label, GI, NI, Size, Depth, Pixelsize, Created_label,
+Porosity, Permeability``. Only ``Created_label`` (the sample name), ``Porosity``, ``Permeability``
+and ``Pixelsize`` are required; an optional ``Reservoir`` column names the reservoir, otherwise it
+is the first 3 characters of the sample name (the original's ``<3-char reservoir><3-char sample>``
+naming).
+
+Sample of a flat ``db_test`` file, from its stem: the part before ``_slice`` when present
+(``E002M0_slice1.png`` -> ``E002M0``); otherwise the stem without a trailing ``_<digits>``
+(``E002M0_17.png`` -> ``E002M0``); otherwise the whole stem.
+
+Every image's targets come from its *own* sample's row (the original looked both images of a pair up
+from image 0's folder, so ``same_meta`` was always 1).
+
+:func:`index_dataset` scans and validates everything before any training and raises one
+:class:`DataValidationError` that lists every problem, each naming its file or CSV line. Hidden
+files (names starting with ``.``, e.g. ``.DS_Store``) are ignored; every other file is either a
+readable image or an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+SPLITS = ("train", "val", "db_test")
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+REQUIRED_COLUMNS = ("Created_label", "Porosity", "Permeability", "Pixelsize")
+SAMPLE_COLUMN = "Created_label"
+RESERVOIR_COLUMN = "Reservoir"
+
+# Pillow modes read_image understands; 16-bit PNGs open as "I;16" (or "I" in older Pillow).
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA")
+
+
+class DataValidationError(ValueError):
+    """The data set has problems; ``problems`` lists every one, each naming its file or CSV line."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} problem(s) in the data set:\n{lines}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Targets
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetSpec:
+    """How the regression targets are built from a sample's CSV row.
+
+    ``targets = [Porosity, log10(Permeability / Pixelsize**2) / log_permeability_divisor, *extra]``;
+    without ``divide_by_pixel_area`` the permeability is not divided by ``Pixelsize**2``. Extra
+    columns are used as they are.
+    """
+
+    log_permeability_divisor: float = 5.0
+    divide_by_pixel_area: bool = True
+    extra: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return ("porosity", "log_permeability", *self.extra)
+
+
+def compute_targets(
+    porosity: np.ndarray,
+    permeability: np.ndarray,
+    pixel_size: np.ndarray,
+    spec: TargetSpec = TargetSpec(),
+    extra: np.ndarray | None = None,
+) -> np.ndarray:
+    """Targets ``(N, 2 + len(spec.extra))`` float32 from per-row physical values (TargetSpec)."""
+    porosity = np.asarray(porosity, np.float64)
+    permeability = np.asarray(permeability, np.float64)
+    area = np.asarray(pixel_size, np.float64) ** 2 if spec.divide_by_pixel_area else 1.0
+    log_perm = np.log10(permeability / area) / spec.log_permeability_divisor
+    columns = [porosity, log_perm]
+    if spec.extra:
+        columns.extend(np.asarray(extra, np.float64).reshape(len(porosity), -1).T)
+    return np.stack(columns, axis=-1).astype(np.float32)
+
+
+def targets_to_physical(
+    targets: np.ndarray, pixel_size: np.ndarray | float, spec: TargetSpec = TargetSpec()
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`compute_targets`: (porosity, permeability in the CSV's units).
+
+    Multiplies back by ``Pixelsize**2`` (the original displayed ``10**(5 * pred)`` without it).
+    """
+    targets = np.asarray(targets, np.float64)
+    area = np.asarray(pixel_size, np.float64) ** 2 if spec.divide_by_pixel_area else 1.0
+    permeability = 10.0 ** (targets[..., 1] * spec.log_permeability_divisor) * area
+    return targets[..., 0], permeability
+
+
+def same_metadata(d0: np.ndarray, d1: np.ndarray, tol: float = 0.1) -> np.ndarray:
+    """``sum(|(d0 - d1) / d1|) < tol`` over the last axis, per pair (boolean array).
+
+    A term where ``d0 == d1`` counts as 0, so identical targets match even when a component is 0
+    (the plain formula gives 0/0 = NaN there, i.e. "different").
+    """
+    d0 = np.asarray(d0, np.float64)
+    d1 = np.asarray(d1, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(d0 == d1, 0.0, np.abs((d0 - d1) / d1))
+    return rel.sum(axis=-1) < tol
+
+
+# ------------------------------------------------------------------------------------------------
+# Images
+
+
+def _to_uint8_array(image: Image.Image) -> np.ndarray:
+    """Pixels as uint8 ``(H, W)`` or ``(H, W, 3)``; alpha dropped, palette expanded.
+
+    16-bit greyscale is scaled by its dtype range, ``round(x * 255 / 65535)``, not by the image's
+    own min/max, so grey levels stay comparable across images.
+    """
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        pixels = np.clip(np.asarray(image, np.float64), 0, 65535)
+        return np.round(pixels * (255.0 / 65535.0)).astype(np.uint8)
+    if mode in ("1", "L"):
+        return np.asarray(image.convert("L"), np.uint8)
+    if mode == "LA":
+        return np.asarray(image, np.uint8)[..., 0]
+    if mode in _EIGHT_BIT_MODES:  # P, PA, RGB, RGBA
+        return np.asarray(image.convert("RGB"), np.uint8)
+    raise ValueError(f"unsupported image mode {mode!r}")
+
+
+def read_image(path: str | Path, image_size: int) -> np.ndarray:
+    """Reads an image file as uint8 ``(image_size, image_size, 3)``.
+
+    Accepts 8/16-bit greyscale, RGB, RGBA (alpha dropped) and palette images of any size. Pixels
+    are first brought to 8 bits, then resized with Pillow's bilinear filter, which widens its kernel
+    by the scale factor when shrinking (area-like antialiasing; the same resize the original's
+    torchvision ``Resize`` applied to PIL images). Greyscale is replicated to 3 channels.
+    """
+    with Image.open(path) as image:
+        pixels = _to_uint8_array(image)
+    if pixels.shape[:2] != (image_size, image_size):
+        mode = "L" if pixels.ndim == 2 else "RGB"
+        resized = Image.fromarray(pixels, mode).resize((image_size, image_size), Image.Resampling.BILINEAR)
+        pixels = np.asarray(resized, np.uint8)
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[..., None], 3, axis=-1)
+    return pixels
+
+
+def check_image(path: Path) -> str | None:
+    """Decodes the whole file; returns a problem description or None if it is a usable image."""
+    try:
+        with Image.open(path) as image:
+            image.load()  # decodes every byte: catches truncated files, not only bad headers
+            _to_uint8_array(image)
+    except Exception as e:  # any decoder failure is the same user-facing problem
+        return f"{path}: unreadable or truncated image ({type(e).__name__}: {e})"
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Sample naming
+
+
+_SLICE = re.compile(r"^(.+?)_slice.*$")
+_TRAILING_NUMBER = re.compile(r"^(.+)_\d+$")
+
+
+def sample_from_filename(filename: str) -> str:
+    """Sample name of a flat ``db_test`` file (see the module docstring for the rule)."""
+    stem = Path(filename).stem
+    for pattern in (_SLICE, _TRAILING_NUMBER):
+        match = pattern.match(stem)
+        if match:
+            return match.group(1)
+    return stem
+
+
+def reservoir_from_sample(sample: str) -> str:
+    """The original naming convention: the first 3 characters of the sample name."""
+    return sample[:3]
+
+
+# ------------------------------------------------------------------------------------------------
+# Index
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitTable:
+    """All images of one split, one row per image, in a fixed (sorted) order."""
+
+    paths: tuple[str, ...]
+    samples: np.ndarray  # (N,) str
+    sample_ids: np.ndarray  # (N,) int32, into DatasetIndex.samples
+    reservoirs: np.ndarray  # (N,) str
+    reservoir_ids: np.ndarray  # (N,) int32, into DatasetIndex.reservoirs
+    targets: np.ndarray  # (N, T) float32
+    pixel_size: np.ndarray  # (N,) float64
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The table as a DataFrame, one column per target."""
+        frame = pd.DataFrame(
+            {
+                "path": self.paths,
+                "sample": self.samples,
+                "sample_id": self.sample_ids,
+                "reservoir": self.reservoirs,
+                "reservoir_id": self.reservoir_ids,
+                "pixel_size": self.pixel_size,
+            }
+        )
+        for j in range(self.targets.shape[1]):
+            frame[f"target_{j}"] = self.targets[:, j]
+        return frame
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetIndex:
+    """A validated data set: per-split tables and vocabularies shared by all splits."""
+
+    root: Path
+    metadata_csv: Path
+    csv_sha256: str
+    target_spec: TargetSpec
+    samples: tuple[str, ...]  # sample_id -> name
+    reservoirs: tuple[str, ...]  # reservoir_id -> name
+    splits: dict[str, SplitTable]
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        return self.target_spec.names
+
+
+def _scan_split(root: Path, split: str, problems: list[str]) -> list[tuple[Path, str]]:
+    """(image path, sample name) for one split; structural problems are appended to ``problems``."""
+    split_dir = root / split
+    found: list[tuple[Path, str]] = []
+
+    def visible(directory: Path) -> list[Path]:
+        return sorted(p for p in directory.iterdir() if not p.name.startswith("."))
+
+    def add_file(path: Path, sample: str) -> None:
+        if path.is_dir():
+            problems.append(f"{path}: unexpected directory (expected image files)")
+        elif path.suffix.lower() not in IMAGE_SUFFIXES:
+            problems.append(f"{path}: not an image file (accepted: {', '.join(IMAGE_SUFFIXES)})")
+        else:
+            found.append((path, sample))
+
+    if split == "db_test":
+        for path in visible(split_dir):
+            add_file(path, sample_from_filename(path.name))
+        return found
+    for entry in visible(split_dir):
+        if not entry.is_dir():
+            problems.append(f"{entry}: file outside a sample folder in {split}/")
+            continue
+        files = visible(entry)
+        if not files:
+            problems.append(f"{entry}: sample folder has no images")
+        for path in files:
+            add_file(path, entry.name)
+    return found
+
+
+def _read_metadata_csv(
+    csv_path: Path, spec: TargetSpec, problems: list[str]
+) -> tuple[pd.DataFrame | None, str]:
+    """The CSV indexed by sample name, with rows that have problems reported (and kept out)."""
+    try:
+        raw = csv_path.read_bytes()
+        # Names stay text: "001" must match a folder called 001, not become the number 1.
+        frame = pd.read_csv(csv_path, dtype={SAMPLE_COLUMN: str, RESERVOIR_COLUMN: str})
+    except Exception as e:  # any read or parse failure is reported with its reason
+        problems.append(f"{csv_path}: cannot read metadata CSV ({type(e).__name__}: {e})")
+        return None, ""
+    digest = hashlib.sha256(raw).hexdigest()
+    needed = (*REQUIRED_COLUMNS, *spec.extra)
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        problems.append(f"{csv_path}: missing column(s) {', '.join(missing)}")
+        return None, digest
+
+    def line(i: int) -> str:
+        # +2: the header is line 1 and pandas rows count from 0.
+        return f"{csv_path} line {i + 2} (sample {frame[SAMPLE_COLUMN].iloc[i]!r})"
+
+    bad = np.zeros(len(frame), bool)
+    names = frame[SAMPLE_COLUMN]
+    for i in np.flatnonzero(names.isna() | (names.astype(str).str.strip() == "")):
+        problems.append(f"{line(i)}: missing sample name in {SAMPLE_COLUMN}")
+        bad[i] = True
+    for name in names[names.duplicated(keep=False) & names.notna()].unique():
+        rows = ", ".join(str(i + 2) for i in np.flatnonzero(names == name))
+        problems.append(f"{csv_path} lines {rows}: duplicate sample name {name!r}")
+        bad[names == name] = True
+
+    def numeric(column: str) -> np.ndarray:
+        return pd.to_numeric(frame[column], errors="coerce").to_numpy(np.float64)
+
+    for column in ("Permeability", "Pixelsize"):
+        values = numeric(column)
+        for i in np.flatnonzero(~(values > 0)):  # also catches NaN and non-numeric entries
+            problems.append(f"{line(i)}: {column} must be a positive number, got {frame[column][i]!r}")
+            bad[i] = True
+    porosity = numeric("Porosity")
+    for i in np.flatnonzero(~((porosity >= 0) & (porosity <= 1))):
+        problems.append(f"{line(i)}: Porosity must be in [0, 1], got {frame['Porosity'][i]!r}")
+        bad[i] = True
+    for column in spec.extra:
+        values = numeric(column)
+        for i in np.flatnonzero(~np.isfinite(values)):
+            problems.append(f"{line(i)}: {column} must be a finite number, got {frame[column][i]!r}")
+            bad[i] = True
+    if RESERVOIR_COLUMN in frame.columns:
+        reservoirs = frame[RESERVOIR_COLUMN]
+        for i in np.flatnonzero(reservoirs.isna() | (reservoirs.astype(str).str.strip() == "")):
+            problems.append(f"{line(i)}: missing {RESERVOIR_COLUMN}")
+            bad[i] = True
+
+    good = frame[~bad].copy()
+    good[SAMPLE_COLUMN] = good[SAMPLE_COLUMN].astype(str)
+    return good.set_index(SAMPLE_COLUMN), digest
+
+
+def _check_images(paths: Iterable[Path]) -> list[str]:
+    # Decoding is mostly outside the GIL, so threads help on big data sets.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return [p for p in pool.map(check_image, paths) if p is not None]
+
+
+def index_dataset(
+    root: str | Path,
+    metadata_csv: str | Path,
+    splits: Sequence[str] = SPLITS,
+    extra_targets: Sequence[str] = (),
+    target_spec: TargetSpec | None = None,
+) -> DatasetIndex:
+    """Scans and validates ``root`` + ``metadata_csv`` (see the module docstring for the layout).
+
+    ``train`` is required; ``val`` and ``db_test`` may be absent but not empty. Every image is
+    decoded once to check it. ``extra_targets`` names further numeric CSV columns appended to the
+    targets (``target_spec``, if given, wins). Raises DataValidationError listing every problem.
+    """
+    # Absolute paths: the cache fingerprint must not depend on the working directory.
+    root = Path(root).absolute()
+    csv_path = Path(metadata_csv).absolute()
+    spec = target_spec or TargetSpec(extra=tuple(extra_targets))
+    problems: list[str] = []
+    if not root.is_dir():
+        raise DataValidationError([f"{root}: data root does not exist"])
+    if not csv_path.is_file():
+        problems.append(f"{csv_path}: metadata CSV does not exist")
+        meta, digest = None, ""
+    else:
+        meta, digest = _read_metadata_csv(csv_path, spec, problems)
+
+    scanned: dict[str, list[tuple[Path, str]]] = {}
+    for split in splits:
+        if not (root / split).is_dir():
+            if split == "train":
+                problems.append(f"{root / 'train'}: required split folder is missing")
+            continue
+        scanned[split] = _scan_split(root, split, problems)
+        if not scanned[split]:
+            problems.append(f"{root / split}: split has no images")
+
+    split_of_sample: dict[str, str] = {}
+    for split, items in scanned.items():
+        for sample in dict.fromkeys(s for _, s in items):
+            if sample in split_of_sample:
+                problems.append(f"sample {sample!r} appears in both {split_of_sample[sample]}/ and {split}/")
+            split_of_sample.setdefault(sample, split)
+    if meta is not None:
+        reported: set[str] = set()
+        for split, items in scanned.items():
+            for path, sample in items:
+                if sample not in meta.index and sample not in reported:
+                    where = path.parent if split != "db_test" else path
+                    problems.append(f"{where}: sample {sample!r} has no valid row in {csv_path}")
+                    reported.add(sample)
+    problems.extend(_check_images(p for items in scanned.values() for p, _ in items))
+    if problems:
+        raise DataValidationError(problems)
+    assert meta is not None
+    return _build_index(root, csv_path, digest, spec, meta, scanned)
+
+
+def _build_index(
+    root: Path,
+    csv_path: Path,
+    digest: str,
+    spec: TargetSpec,
+    meta: pd.DataFrame,
+    scanned: dict[str, list[tuple[Path, str]]],
+) -> DatasetIndex:
+    def reservoir(sample: str) -> str:
+        if RESERVOIR_COLUMN in meta.columns:
+            return str(meta.at[sample, RESERVOIR_COLUMN])
+        return reservoir_from_sample(sample)
+
+    all_samples = sorted({s for items in scanned.values() for _, s in items})
+    sample_vocab = {s: i for i, s in enumerate(all_samples)}
+    reservoir_vocab = {r: i for i, r in enumerate(sorted({reservoir(s) for s in all_samples}))}
+
+    tables = {}
+    for split, items in scanned.items():
+        samples = np.array([s for _, s in items], dtype=str)
+        rows = meta.loc[samples]
+        reservoirs = np.array([reservoir(s) for s in samples], dtype=str)
+        pixel_size = rows["Pixelsize"].astype(float).to_numpy()
+        targets = compute_targets(
+            rows["Porosity"].astype(float).to_numpy(),
+            rows["Permeability"].astype(float).to_numpy(),
+            pixel_size,
+            spec,
+            rows[list(spec.extra)].astype(float).to_numpy() if spec.extra else None,
+        )
+        tables[split] = SplitTable(
+            paths=tuple(str(p) for p, _ in items),
+            samples=samples,
+            sample_ids=np.array([sample_vocab[s] for s in samples], np.int32),
+            reservoirs=reservoirs,
+            reservoir_ids=np.array([reservoir_vocab[r] for r in reservoirs], np.int32),
+            targets=targets,
+            pixel_size=pixel_size,
+        )
+    return DatasetIndex(
+        root=root,
+        metadata_csv=csv_path,
+        csv_sha256=digest,
+        target_spec=spec,
+        samples=tuple(sample_vocab),
+        reservoirs=tuple(reservoir_vocab),
+        splits=tables,
+    )

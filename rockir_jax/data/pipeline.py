@@ -1,0 +1,286 @@
+"""grain input pipelines: random training pairs and an in-order evaluation pass.
+
+Training pairs (:func:`train_iterator`) follow the original sampler: image 0 uniform over the
+split; with probability ``same_sample_probability`` image 1 uniform within image 0's sample,
+otherwise uniform over all images (so it can still be the same sample, and ``same_sample`` says so).
+Images are flipped horizontally and vertically with probability ½ each and mapped to
+``(x / 255 - 0.5) / 0.5``.
+
+Determinism and resume: pair ``g`` of the *global* stream (global batch ``g // B``, row ``g % B``)
+draws everything (indices, coin, flips) from ``np.random.default_rng([seed, g])``. The stream is
+thus a pure function of the seed, independent of the number of workers and of processes; process
+``p`` of ``P`` takes rows ``[p * B/P, (p + 1) * B/P)`` of every global batch. An "epoch" is
+``len(source)`` pairs (:func:`steps_per_epoch` batches); the stream is infinite. The iterator's
+state is just the next batch number (plus worker bookkeeping with ``num_workers > 0``), so a
+restored iterator yields exactly the batches the interrupted run would have seen.
+
+Checkpointing with orbax: save and restore the iterator as one more item of the training checkpoint,
+with grain's orbax handler (writes ``process_<i>-of-<n>.json``, one per host)::
+
+    import grain
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(train_iter)))
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=grain.checkpoint.CheckpointRestore(train_iter)))  # restores train_iter in place
+
+Restore into an iterator built with the same source, seed, batch size, process count and
+``num_workers``. Without orbax, ``train_iter.get_state()`` / ``set_state(...)`` (a JSON-able dict)
+do the same.
+
+Batches are numpy, this process's rows in order; the trainer turns them into a global array with
+``jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), batch)``, which splits the
+rows over the process's devices in device order, matching the sharded step's layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+from absl import flags
+
+from rockir_jax.data.metadata import same_metadata
+from rockir_jax.data.sources import SplitSource
+
+Batch = dict[str, np.ndarray]
+
+# Bounded prefetch: grain's default (500 elements) would hold hundreds of full batches here.
+_READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)
+
+
+def normalize(images: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> float32 in [-1, 1], as the original: ``(x / 255 - 0.5) / 0.5``."""
+    return (images.astype(np.float32) / 255.0 - 0.5) / 0.5
+
+
+def steps_per_epoch(num_images: int, global_batch_size: int) -> int:
+    """Batches per epoch of ``num_images`` pairs (the last one partly from the next epoch)."""
+    return math.ceil(num_images / global_batch_size)
+
+
+def _read(records: Sequence[Mapping[str, Any]], indices: Sequence[int]) -> list[Mapping[str, Any]]:
+    # ArrayRecord sources read a batch of keys in one call.
+    getitems = getattr(records, "__getitems__", None)
+    if getitems is not None:
+        return list(getitems(list(indices)))
+    return [records[i] for i in indices]
+
+
+def _local_rows(global_batch_size: int, process_index: int | None, process_count: int | None):
+    """(this process's first row, rows per process) of a global batch."""
+    if process_index is None or process_count is None:
+        # Imported here so grain worker processes, which unpickle this module, need not load jax.
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if global_batch_size % process_count:
+        raise ValueError(
+            f"global batch size {global_batch_size} is not divisible by {process_count} processes"
+        )
+    local = global_batch_size // process_count
+    return process_index * local, local
+
+
+def _ensure_flags_parsed() -> None:
+    # grain workers read absl flags; a program that never called app.run() has not parsed them.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _finish(dataset: grain.MapDataset, num_workers: int) -> grain.DatasetIterator:
+    iter_dataset = dataset.to_iter_dataset(_READ_OPTIONS)
+    if num_workers > 0:
+        _ensure_flags_parsed()
+        iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return iter(iter_dataset)
+
+
+@dataclasses.dataclass(frozen=True)
+class _PairBatches:
+    """Maps a batch number to this process's rows of that global batch (picklable for workers)."""
+
+    source: SplitSource
+    seed: int
+    global_batch_size: int
+    first_row: int
+    local_batch_size: int
+    same_sample_probability: float
+    same_meta_tol: float
+    group_start: np.ndarray  # per image: start of its sample's run in `group_members`
+    group_size: np.ndarray  # per image: number of images of its sample
+    group_members: np.ndarray  # image indices sorted by sample
+
+    def pair(self, g: int) -> tuple[int, int, np.ndarray]:
+        """(image 0, image 1, flips [h0, v0, h1, v1]) of global pair ``g``."""
+        rng = np.random.default_rng([self.seed, g])
+        i0 = int(rng.integers(len(self.source)))
+        if rng.random() < self.same_sample_probability:
+            i1 = int(self.group_members[self.group_start[i0] + rng.integers(self.group_size[i0])])
+        else:
+            i1 = int(rng.integers(len(self.source)))
+        return i0, i1, rng.random(4) < 0.5
+
+    def __call__(self, step: int) -> Batch:
+        start = step * self.global_batch_size + self.first_row
+        pairs = [self.pair(g) for g in range(start, start + self.local_batch_size)]
+        i0 = np.array([p[0] for p in pairs])
+        i1 = np.array([p[1] for p in pairs])
+        # (h, v) flips of image 0 then of image 1, per pair.
+        flips = [p[2][:2] for p in pairs] + [p[2][2:] for p in pairs]
+        records = _read(self.source.records, [*i0, *i1])
+        images = [_flip(np.asarray(r["image"]), *f) for r, f in zip(records, flips, strict=True)]
+        images = normalize(np.stack(images))
+        t0, t1 = self.source.targets[i0], self.source.targets[i1]
+        same_sample = self.source.sample_ids[i0] == self.source.sample_ids[i1]
+        return {
+            "image0": images[: len(pairs)],
+            "image1": images[len(pairs) :],
+            "targets0": t0,
+            "targets1": t1,
+            "same_sample": same_sample.astype(np.float32),
+            "same_meta": same_metadata(t0, t1, self.same_meta_tol).astype(np.float32),
+        }
+
+
+def _flip(image: np.ndarray, horizontal: bool, vertical: bool) -> np.ndarray:
+    if horizontal:
+        image = image[:, ::-1]
+    if vertical:
+        image = image[::-1]
+    return image
+
+
+def _sample_groups(sample_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    members = np.argsort(sample_ids, kind="stable")
+    _, first, inverse, counts = np.unique(
+        sample_ids[members], return_index=True, return_inverse=True, return_counts=True
+    )
+    group_start = np.empty(len(sample_ids), np.int64)
+    group_size = np.empty(len(sample_ids), np.int64)
+    group_start[members] = first[inverse]
+    group_size[members] = counts[inverse]
+    return group_start, group_size, members
+
+
+def train_iterator(
+    source: SplitSource,
+    *,
+    global_batch_size: int,
+    seed: int,
+    num_workers: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    same_sample_probability: float = 0.5,
+    same_meta_tol: float = 0.1,
+) -> grain.DatasetIterator:
+    """Infinite iterator of this process's share of each global batch of random pairs.
+
+    Each batch: ``image0``, ``image1`` float32 ``(B, S, S, 3)`` in [-1, 1]; ``targets0``,
+    ``targets1`` float32 ``(B, T)``; ``same_sample``, ``same_meta`` float32 ``(B,)``, with
+    ``B = global_batch_size / process_count``. Process index and count default to JAX's.
+    """
+    if len(source) == 0:
+        raise ValueError("cannot sample pairs from an empty split")
+    first_row, local = _local_rows(global_batch_size, process_index, process_count)
+    make_batch = _PairBatches(
+        source,
+        seed,
+        global_batch_size,
+        first_row,
+        local,
+        same_sample_probability,
+        same_meta_tol,
+        *_sample_groups(np.asarray(source.sample_ids)),
+    )
+    # Element = batch number; sys.maxsize makes it endless while keeping random access.
+    return _finish(grain.MapDataset.range(sys.maxsize).map(make_batch), num_workers)
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvalBatches:
+    """Maps a batch number to this process's rows of that global batch, padding past the end."""
+
+    source: SplitSource
+    global_batch_size: int
+    first_row: int
+    local_batch_size: int
+
+    def __call__(self, step: int) -> Batch:
+        start = step * self.global_batch_size + self.first_row
+        rows = np.arange(start, start + self.local_batch_size)
+        mask = rows < len(self.source)
+        real = rows[mask]
+        size = self.source.image_size
+        images = np.zeros((len(rows), size, size, 3), np.float32)
+        if len(real):
+            records = _read(self.source.records, real)
+            images[mask] = normalize(np.stack([np.asarray(r["image"]) for r in records]))
+
+        def padded(values: np.ndarray, fill: float) -> np.ndarray:
+            out = np.full((len(rows), *values.shape[1:]), fill, values.dtype)
+            out[mask] = values[real]
+            return out
+
+        return {
+            "image": images,
+            "sample_id": padded(np.asarray(self.source.sample_ids, np.int32), -1),
+            "reservoir_id": padded(np.asarray(self.source.reservoir_ids, np.int32), -1),
+            "targets": padded(np.asarray(self.source.targets, np.float32), 0.0),
+            "index": padded(np.arange(len(self.source), dtype=np.int32), -1),
+            "mask": mask,
+        }
+
+
+def eval_iterator(
+    source: SplitSource,
+    *,
+    global_batch_size: int,
+    num_workers: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.DatasetIterator:
+    """Every image of the split once, in table order, in fixed-size batches.
+
+    Each batch: ``image`` float32 ``(B, S, S, 3)`` (normalised, no augmentation), ``sample_id``,
+    ``reservoir_id``, ``index`` int32 ``(B,)``, ``targets`` float32 ``(B, T)`` and ``mask`` bool
+    ``(B,)``. The last global batch is padded: padded rows have ``mask`` False, zero images and
+    targets, and -1 ids and index.
+    """
+    first_row, local = _local_rows(global_batch_size, process_index, process_count)
+    num_batches = math.ceil(len(source) / global_batch_size)
+    make_batch = _EvalBatches(source, global_batch_size, first_row, local)
+    return _finish(grain.MapDataset.range(num_batches).map(make_batch), num_workers)
+
+
+def measure_pairs_per_second(
+    source: SplitSource, global_batch_size: int, num_workers: int, num_batches: int, seed: int = 0
+) -> float:
+    """Training pairs per second of this pipeline on one process, after a warm-up batch.
+
+    The warm-up excludes worker start-up; the rate covers ``num_batches`` further batches.
+    """
+    iterator = train_iterator(
+        source,
+        global_batch_size=global_batch_size,
+        seed=seed,
+        num_workers=num_workers,
+        process_index=0,
+        process_count=1,
+    )
+    try:
+        next(iterator)
+        start = time.perf_counter()
+        for _ in range(num_batches):
+            next(iterator)
+        elapsed = time.perf_counter() - start
+    finally:
+        iterator.close()
+    return num_batches * global_batch_size / elapsed

@@ -1,0 +1,133 @@
+"""Full networks: the Double Siamese Network and the baselines it is compared with.
+
+Every network has ``__call__(image0, image1, train)`` returning a dict of outputs for the loss, and
+``embed(images)`` returning the retrieval embedding (and, for the DSNN, the regression prediction).
+Backbones run once per image batch, as in the original, so BatchNorm sees image 0's and image 1's
+batches separately and updates its running statistics twice per step, as torch did.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from rockir_jax.models.heads import GatedSiameseHead, RegressionHead, SiameseHead
+from rockir_jax.models.resnet import build_resnet
+
+
+def l2_normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
+    """``x / max(‖x‖, eps)`` along the last axis (torch's ``F.normalize``)."""
+    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
+    return x / jnp.maximum(norm, eps)
+
+
+def _pool(feature_map: jnp.ndarray) -> jnp.ndarray:
+    return jnp.mean(feature_map.astype(jnp.float32), axis=(1, 2))
+
+
+class DSNN(nn.Module):
+    """Double Siamese Network: image and rock backbones, gated Siamese head, regression head.
+
+    Attributes:
+      backbone: ``"resnet18"`` or ``"resnet34"``, for both branches.
+      num_extra_targets: regression outputs beyond porosity and log-permeability.
+      axis_name: mesh axis for cross-device BatchNorm in training.
+      dtype: computation dtype; parameters, statistics and heads' outputs stay float32.
+    """
+
+    backbone: str = "resnet18"
+    num_extra_targets: int = 0
+    axis_name: str | None = None
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        make_backbone = lambda: build_resnet(self.backbone, axis_name=self.axis_name, dtype=self.dtype)
+        self.image_backbone = make_backbone()
+        self.rock_backbone = make_backbone()
+        self.head = GatedSiameseHead()
+        self.regression = RegressionHead(num_extra_targets=self.num_extra_targets)
+
+    def _features(self, backbone: nn.Module, images: jnp.ndarray, train: bool) -> jnp.ndarray:
+        return backbone(images, train=train, output="feature_map").astype(jnp.float32)
+
+    def __call__(
+        self, image0: jnp.ndarray, image1: jnp.ndarray, train: bool = False
+    ) -> dict[str, jnp.ndarray]:
+        """Similarities ``p``, ``p_img``, ``p_rock`` ``(N,)`` and regressions ``reg0``, ``reg1``."""
+        h1 = self._features(self.image_backbone, image0, train)
+        h2 = self._features(self.image_backbone, image1, train)
+        h3 = self._features(self.rock_backbone, image0, train)
+        h4 = self._features(self.rock_backbone, image1, train)
+        p, p_img, p_rock = self.head(h1, h2, h3, h4)
+        return {
+            "p": p[:, 0],
+            "p_img": p_img[:, 0],
+            "p_rock": p_rock[:, 0],
+            "reg0": self.regression(h3),
+            "reg1": self.regression(h4),
+        }
+
+    def embed(self, images: jnp.ndarray) -> dict[str, jnp.ndarray]:
+        """``embedding = (normalize(f_img) + normalize(f_rock)) / 2`` of pooled features, and ``reg``."""
+        f_img = self._features(self.image_backbone, images, False)
+        f_rock = self._features(self.rock_backbone, images, False)
+        embedding = (l2_normalize(_pool(f_img)) + l2_normalize(_pool(f_rock))) / 2
+        return {"embedding": embedding, "reg": self.regression(f_rock)}
+
+
+class SiameseNet(nn.Module):
+    """The paper's Siamese ResNet baseline: one backbone, similarity of ``mean_hw|h1 - h2|``."""
+
+    backbone: str = "resnet18"
+    axis_name: str | None = None
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        self.image_backbone = build_resnet(self.backbone, axis_name=self.axis_name, dtype=self.dtype)
+        self.head = SiameseHead()
+
+    def __call__(
+        self, image0: jnp.ndarray, image1: jnp.ndarray, train: bool = False
+    ) -> dict[str, jnp.ndarray]:
+        h1 = self.image_backbone(image0, train=train, output="feature_map").astype(jnp.float32)
+        h2 = self.image_backbone(image1, train=train, output="feature_map").astype(jnp.float32)
+        return {"p": self.head(h1, h2)[:, 0]}
+
+    def embed(self, images: jnp.ndarray) -> dict[str, jnp.ndarray]:
+        pooled = self.image_backbone(images, train=False, output="pooled").astype(jnp.float32)
+        return {"embedding": l2_normalize(pooled)}
+
+
+class VanillaNet(nn.Module):
+    """The untrained baseline: normalised pooled features of a (pretrained) backbone."""
+
+    backbone: str = "resnet34"
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        self.image_backbone = build_resnet(self.backbone, dtype=self.dtype)
+
+    def __call__(self, images: jnp.ndarray) -> dict[str, jnp.ndarray]:
+        return self.embed(images)
+
+    def embed(self, images: jnp.ndarray) -> dict[str, jnp.ndarray]:
+        pooled = self.image_backbone(images, train=False, output="pooled").astype(jnp.float32)
+        return {"embedding": l2_normalize(pooled)}
+
+
+def build_model(
+    model: str,
+    backbone: str,
+    *,
+    num_extra_targets: int = 0,
+    axis_name: str | None = None,
+    dtype: jnp.dtype = jnp.float32,
+) -> nn.Module:
+    """``build_model("dsnn" | "siamese" | "vanilla", "resnet18" | "resnet34", ...)``."""
+    if model == "dsnn":
+        return DSNN(backbone, num_extra_targets, axis_name, dtype)
+    if model == "siamese":
+        return SiameseNet(backbone, axis_name, dtype)
+    if model == "vanilla":
+        return VanillaNet(backbone, dtype)
+    raise ValueError(f"unknown model {model!r}; choose 'dsnn', 'siamese' or 'vanilla'")

@@ -1,0 +1,72 @@
+"""The DSNN's heads, on NHWC backbone feature maps, with the original RockIR's exact math.
+
+Submodule names follow the original PyTorch modules (``fc_out_image``, ``fc_fusion2``, ``out_por`` …) so
+its checkpoints port with a table (:func:`rockir_jax.porting.import_rockir_heads`).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+def mean_abs_difference(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+    """``mean_hw(|a - b|)``: ``(N, H, W, C)`` pairs → ``(N, C)``."""
+    return jnp.mean(jnp.abs(a - b), axis=(1, 2))
+
+
+class GatedSiameseHead(nn.Module):
+    """Image, metadata and gated fused similarity of two pairs of feature maps.
+
+    ``h1``/``h2`` come from the image backbone, ``h3``/``h4`` from the rock backbone, for images 0/1.
+    Returns ``(p, p_img, p_rock)``, each ``(N, 1)`` probabilities.
+    """
+
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, h1: jnp.ndarray, h2: jnp.ndarray, h3: jnp.ndarray, h4: jnp.ndarray
+    ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+        dense = lambda features, name: nn.Dense(features, dtype=self.dtype, name=name)
+        w1 = mean_abs_difference(h1, h2)
+        w2 = mean_abs_difference(h3, h4)
+        p_img = nn.sigmoid(dense(1, "fc_out_image")(w1))
+        p_rock = nn.sigmoid(dense(1, "fc_out_rock")(w2))
+        g = nn.relu(dense(32, "fc_fusion")(jnp.concatenate([w1, w2], axis=-1)))
+        g = nn.relu(dense(16, "fc_fusion2")(g))
+        # The original applies ReLU before the softmax gate; kept so its checkpoints behave the same.
+        g = nn.relu(dense(2, "fc_fusion3")(g))
+        gate = nn.softmax(g, axis=-1)
+        fused = (w1 * gate[:, 0:1] + w2 * gate[:, 1:2]) / 2
+        p = nn.sigmoid(dense(1, "fc_out")(fused))
+        return p, p_img, p_rock
+
+
+class RegressionHead(nn.Module):
+    """Predicts ``(porosity, scaled log-permeability[, extra targets])`` from a rock feature map."""
+
+    num_extra_targets: int = 0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
+        x = jnp.mean(h, axis=(1, 2))
+        x = nn.relu(nn.Dense(64, dtype=self.dtype, name="fc")(x))
+        outputs = [
+            nn.Dense(1, dtype=self.dtype, name="out_por")(x),
+            nn.Dense(1, dtype=self.dtype, name="out_perm")(x),
+        ]
+        if self.num_extra_targets:
+            outputs.append(nn.Dense(self.num_extra_targets, dtype=self.dtype, name="out_extra")(x))
+        return jnp.concatenate(outputs, axis=-1)
+
+
+class SiameseHead(nn.Module):
+    """The plain Siamese baseline: ``sigmoid(Dense(mean_hw|h1 - h2|))``, ``(N, 1)``."""
+
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h1: jnp.ndarray, h2: jnp.ndarray) -> jnp.ndarray:
+        return nn.sigmoid(nn.Dense(1, dtype=self.dtype, name="fc_out")(mean_abs_difference(h1, h2)))

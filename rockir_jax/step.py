@@ -1,0 +1,145 @@
+"""Sharded steps: train, evaluate and embed, each one ``jax.jit`` of a ``jax.shard_map`` over ``data``.
+
+The global batch is split over the 1-D device mesh axis ``data``; parameters, optimiser state and
+BatchNorm statistics are replicated. Inside the map each device runs the model on its share; BatchNorm
+averages its batch statistics over ``data`` (the original's SyncBatchNorm), and gradients and metrics are
+``pmean``-ed, so one step on N devices computes what one step on one device computes over the same
+global batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA_AXIS = "data"
+
+LossFn = Callable[[Mapping[str, jnp.ndarray], Mapping[str, jnp.ndarray]], tuple[jnp.ndarray, dict]]
+
+
+class TrainState(train_state.TrainState):
+    """flax's TrainState plus BatchNorm running statistics."""
+
+    batch_stats: Any = None
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh over ``devices`` (default: all devices), axis ``data``."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Places a pytree on every device of ``mesh``."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assembles this process's share of a global batch into arrays split along ``data``."""
+    sharding = NamedSharding(mesh, P(DATA_AXIS))
+    return {
+        key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+        for key, value in batch.items()
+    }
+
+
+def check_divisible(global_batch_size: int, mesh: Mesh) -> None:
+    """Raises a clear error when the global batch cannot be split evenly over the devices."""
+    devices = mesh.devices.size
+    if global_batch_size % devices:
+        raise ValueError(
+            f"global_batch_size={global_batch_size} does not divide evenly over {devices} devices; "
+            f"use a multiple of {devices}"
+        )
+
+
+def init_variables(model: nn.Module, rng: jax.Array, image_size: int) -> dict[str, Any]:
+    """Initial ``{"params", "batch_stats"}`` of a pair model (DSNN or Siamese)."""
+    image = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    return jax.jit(lambda rng: model.init(rng, image, image, train=False))(rng)
+
+
+def create_train_state(
+    model: nn.Module, variables: Mapping[str, Any], tx: optax.GradientTransformation
+) -> TrainState:
+    """A fresh train state (step 0, new optimiser state) around ``variables``."""
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        tx=tx,
+    )
+
+
+def make_train_step(
+    mesh: Mesh, loss_fn: LossFn
+) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict]]:
+    """``train_step(state, batch) -> (state, metrics)``; ``state`` is donated.
+
+    ``batch`` holds ``image0``, ``image1`` and the loss's labels, split along ``data``; the model must be
+    built with ``axis_name="data"`` for cross-device BatchNorm.
+    """
+
+    def per_device(state: TrainState, batch):
+        def compute_loss(params):
+            outputs, updates = state.apply_fn(
+                {"params": params, "batch_stats": state.batch_stats},
+                batch["image0"],
+                batch["image1"],
+                train=True,
+                mutable=["batch_stats"],
+            )
+            loss, terms = loss_fn(outputs, batch)
+            return loss, (terms, updates["batch_stats"])
+
+        grads, (terms, batch_stats) = jax.grad(compute_loss, has_aux=True)(state.params)
+        grads = jax.lax.pmean(grads, DATA_AXIS)
+        terms = jax.lax.pmean(terms, DATA_AXIS)
+        terms["grad_norm"] = optax.tree.norm(grads)
+        return state.apply_gradients(grads=grads, batch_stats=batch_stats), terms
+
+    sharded = jax.shard_map(
+        per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=(P(), P()), check_vma=False
+    )
+    return jax.jit(sharded, donate_argnums=0)
+
+
+def make_eval_step(mesh: Mesh, loss_fn: LossFn) -> Callable[[TrainState, Mapping[str, jax.Array]], dict]:
+    """``eval_step(state, batch) -> metrics``: the loss terms with running BatchNorm statistics."""
+
+    def per_device(state: TrainState, batch):
+        outputs = state.apply_fn(
+            {"params": state.params, "batch_stats": state.batch_stats},
+            batch["image0"],
+            batch["image1"],
+            train=False,
+        )
+        return jax.lax.pmean(loss_fn(outputs, batch)[1], DATA_AXIS)
+
+    sharded = jax.shard_map(
+        per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(), check_vma=False
+    )
+    return jax.jit(sharded)
+
+
+def make_embed_step(
+    mesh: Mesh, model: nn.Module
+) -> Callable[[Mapping[str, Any], jax.Array], dict[str, jax.Array]]:
+    """``embed_step(variables, images) -> model.embed(images)``, images and outputs split on ``data``."""
+
+    def per_device(variables, images):
+        return model.apply(variables, images, method=model.embed)
+
+    sharded = jax.shard_map(
+        per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(DATA_AXIS), check_vma=False
+    )
+    return jax.jit(sharded)

@@ -1,0 +1,83 @@
+"""Tests for rockir_jax.data.inspect: summary text, contact sheet, command line."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from rockir_jax.data.inspect import run, summarize
+from rockir_jax.data.metadata import DataValidationError, index_dataset
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    rng = np.random.default_rng(3)
+    rows = []
+    for split, sample, pixel_size in [("train", "AAA001", 2.0), ("train", "BBB001", 1.0),
+                                      ("val", "AAA002", 1.0)]:  # fmt: skip
+        (tmp_path / split / sample).mkdir(parents=True)
+        for k in range(2):
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels, "RGB").save(tmp_path / split / sample / f"s{k}.png")
+        rows.append(
+            {"Created_label": sample, "Porosity": 0.1 + 0.1 * len(rows),
+             "Permeability": 40.0 * 10 ** len(rows), "Pixelsize": pixel_size}
+        )  # fmt: skip
+    pd.DataFrame(rows).to_csv(tmp_path / "metadata.csv", index=False)
+    return tmp_path
+
+
+def test_summary_lists_splits_and_physical_ranges(dataset):
+    text = summarize(index_dataset(dataset, dataset / "metadata.csv"))
+    assert "samples: 3, reservoirs: 2 (AAA, BBB)" in text
+    assert "train: 4 images, 2 samples, 2 reservoirs; porosity 0.100 .. 0.200" in text
+    # Back in CSV units (x Pixelsize**2 undone correctly): 40 and 400.
+    assert "permeability 40 .. 400" in text
+    assert "val: 2 images, 1 samples, 1 reservoirs" in text
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_run_writes_contact_sheet(dataset, tmp_path, cached, capsys):
+    out = run(
+        dataset,
+        dataset / "metadata.csv",
+        image_size=32,
+        out=tmp_path / "sheets" / "pairs.png",
+        cache_dir=tmp_path / "cache" if cached else None,
+        num_pairs=4,
+    )
+    with Image.open(out) as sheet:
+        assert sheet.format == "PNG" and sheet.width > 100 and sheet.height > 200
+    assert "contact sheet" in capsys.readouterr().out
+
+
+def test_command_line_with_config(dataset, tmp_path):
+    config = tmp_path / "config.py"
+    config.write_text(
+        "import ml_collections\n\n"
+        "def get_config():\n"
+        "    c = ml_collections.ConfigDict()\n"
+        "    c.image_size = 32\n"
+        f"    c.data = ml_collections.ConfigDict(dict(root={str(dataset)!r},\n"
+        f"        metadata={str(dataset / 'metadata.csv')!r}, cache_dir=''))\n"
+        "    return c\n"
+    )
+    out = tmp_path / "cli.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "rockir_jax.data.inspect", f"--config={config}", f"--out={out}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "train: 4 images" in done.stdout and out.exists()
+
+
+def test_run_refuses_a_broken_data_set(dataset, tmp_path):
+    (dataset / "train" / "AAA001" / "junk.txt").write_text("x")
+    with pytest.raises(DataValidationError, match=r"junk\.txt: not an image file"):
+        run(dataset, dataset / "metadata.csv", image_size=32, out=tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()

@@ -1,0 +1,227 @@
+"""Tests for rockir_jax.data.pipeline: pair sampling, augmentation, determinism, resume, eval."""
+
+import json
+
+import grain
+import numpy as np
+import orbax.checkpoint as ocp
+import pandas as pd
+import pytest
+from PIL import Image
+
+from rockir_jax.data import pipeline
+from rockir_jax.data.metadata import index_dataset, same_metadata
+from rockir_jax.data.sources import from_index
+from rockir_jax.data.tfds_builder import load_split, prepare
+
+SIZE = 32
+# Uneven sample sizes so that P(a uniform second image shares image 0's sample) is not trivial.
+SAMPLES = {"AAA001": 2, "AAA002": 3, "BBB001": 5}
+# AAA001 and AAA002 differ by under 10 % in total: different samples, same metadata.
+METADATA = {"AAA001": (0.20, 400.0), "AAA002": (0.205, 410.0), "BBB001": (0.30, 50.0)}
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(2)
+    for sample, n in SAMPLES.items():
+        (root / "train" / sample).mkdir(parents=True)
+        for k in range(n):
+            pixels = rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)
+            Image.fromarray(pixels, "L").save(root / "train" / sample / f"{sample}_slice{k}.png")
+    rows = [
+        {"Created_label": s, "Porosity": p, "Permeability": k, "Pixelsize": 1.0}
+        for s, (p, k) in METADATA.items()
+    ]
+    pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
+    return index_dataset(root, root / "metadata.csv")
+
+
+@pytest.fixture(scope="module")
+def source(index, tmp_path_factory):
+    return load_split(prepare(index, SIZE, tmp_path_factory.mktemp("cache")), "train")
+
+
+def take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def assert_same_batches(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert sorted(x) == sorted(y)
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+def train(source, seed=0, batch=8, **kwargs):
+    kwargs.setdefault("process_index", 0)
+    kwargs.setdefault("process_count", 1)
+    return pipeline.train_iterator(source, global_batch_size=batch, seed=seed, **kwargs)
+
+
+def identify(images, source):
+    """(image index, flip h + 2v) of each normalised image, by exact match with the records."""
+    variants = {}
+    for i in range(len(source)):
+        raw = np.asarray(source.records[i]["image"])
+        for h in (0, 1):
+            for v in (0, 1):
+                flipped = raw[:, ::-1] if h else raw
+                flipped = flipped[::-1] if v else flipped
+                variants[pipeline.normalize(flipped).tobytes()] = (i, h + 2 * v)
+    return [variants[im.tobytes()] for im in images]
+
+
+def test_batch_layout(source):
+    batch = next(train(source, batch=6))
+    expected = {
+        "image0": ((6, SIZE, SIZE, 3), np.float32),
+        "image1": ((6, SIZE, SIZE, 3), np.float32),
+        "targets0": ((6, 2), np.float32),
+        "targets1": ((6, 2), np.float32),
+        "same_sample": ((6,), np.float32),
+        "same_meta": ((6,), np.float32),
+    }
+    assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected
+    assert batch["image0"].min() >= -1.0 and batch["image0"].max() <= 1.0
+    # Greyscale: the three channels are equal.
+    np.testing.assert_array_equal(batch["image1"][..., 0], batch["image1"][..., 2])
+
+
+def test_normalize_matches_original_formula():
+    x = np.array([0, 51, 127, 128, 255], np.uint8)
+    np.testing.assert_allclose(pipeline.normalize(x), (x / 255.0 - 0.5) / 0.5, atol=1e-6)
+    assert pipeline.normalize(x).dtype == np.float32
+
+
+def test_pairs_labels_targets_and_flips(source, index):
+    batches = take(train(source, seed=3, batch=50), 8)  # 400 pairs
+    sample_ids = index.splits["train"].sample_ids
+    targets = index.splits["train"].targets
+    flips = []
+    equal_flips = 0
+    for b in batches:
+        first = identify(b["image0"], source)
+        second = identify(b["image1"], source)
+        i0 = np.array([i for i, _ in first])
+        i1 = np.array([i for i, _ in second])
+        flips += [f for _, f in first + second]
+        equal_flips += sum(a == b for (_, a), (_, b) in zip(first, second, strict=True))
+        # Each image's labels and targets are its own (the original used image 0's for both).
+        np.testing.assert_array_equal(b["targets0"], targets[i0])
+        np.testing.assert_array_equal(b["targets1"], targets[i1])
+        np.testing.assert_array_equal(b["same_sample"], sample_ids[i0] == sample_ids[i1])
+        np.testing.assert_array_equal(b["same_meta"], same_metadata(targets[i0], targets[i1]))
+    # All four flip combinations, about equally often (800 images; 4-sigma band around 200).
+    counts = np.bincount(flips, minlength=4)
+    assert np.all(np.abs(counts - 200) < 4 * np.sqrt(800 * 0.25 * 0.75)), counts
+    # The two images of a pair are flipped independently: equal flips in about 1/4 of the pairs.
+    assert abs(equal_flips - 100) < 4 * np.sqrt(400 * 0.25 * 0.75), equal_flips
+    # Different samples with the same metadata do occur, so same_meta is not same_sample.
+    assert any(((b["same_meta"] == 1) & (b["same_sample"] == 0)).any() for b in batches)
+    assert any(((b["same_meta"] == 0) & (b["same_sample"] == 0)).any() for b in batches)
+
+
+def test_same_sample_rate(source):
+    # P(same) = 1/2 + 1/2 * sum_s (n_s / N)^2 = 1/2 + 1/2 * (4 + 9 + 25) / 100 = 0.69
+    n = 4000
+    same = np.concatenate([b["same_sample"] for b in take(train(source, seed=5, batch=500), 8)])
+    expected = 0.5 + 0.5 * sum((k / 10) ** 2 for k in SAMPLES.values())
+    assert abs(same.mean() - expected) < 4 * np.sqrt(expected * (1 - expected) / n)
+    # With the probability at 0, only chance coincidences remain.
+    chance = np.concatenate(
+        [b["same_sample"] for b in take(train(source, 5, 500, same_sample_probability=0.0), 8)]
+    )
+    assert abs(chance.mean() - 0.38) < 4 * np.sqrt(0.38 * 0.62 / n)
+
+
+def test_deterministic_from_seed(source):
+    assert_same_batches(take(train(source, seed=7), 3), take(train(source, seed=7), 3))
+    other = take(train(source, seed=8), 3)
+    assert not np.array_equal(take(train(source, seed=7), 3)[0]["image0"], other[0]["image0"])
+
+
+def test_file_source_gives_the_same_stream(source, index):
+    files = from_index(index, "train", SIZE)
+    assert_same_batches(take(train(files, seed=4), 2), take(train(source, seed=4), 2))
+
+
+def test_processes_split_the_global_batch(source):
+    whole = take(train(source, seed=9, batch=8), 3)
+    parts = [take(train(source, 9, 8, process_index=p, process_count=2), 3) for p in (0, 1)]
+    for step in range(3):
+        assert parts[0][step]["image0"].shape[0] == 4
+        joined = {k: np.concatenate([parts[0][step][k], parts[1][step][k]]) for k in whole[step]}
+        assert_same_batches([joined], [whole[step]])
+    with pytest.raises(ValueError, match="not divisible"):
+        train(source, batch=7, process_index=0, process_count=2)
+
+
+def test_resume_from_saved_state(source):
+    iterator = train(source, seed=11)
+    take(iterator, 2)
+    state = json.loads(json.dumps(iterator.get_state()))  # must survive a JSON round trip
+    expected = take(iterator, 3)
+    restored = train(source, seed=11)
+    restored.set_state(state)
+    assert_same_batches(take(restored, 3), expected)
+
+
+def test_resume_through_orbax(source, tmp_path):
+    iterator = train(source, seed=12)
+    take(iterator, 2)
+    with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
+        manager.save(2, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
+        manager.wait_until_finished()
+        expected = take(iterator, 2)
+        restored = train(source, seed=12)
+        manager.restore(2, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored)))
+    assert_same_batches(take(restored, 2), expected)
+
+
+def test_two_workers_same_stream_and_resume(source):
+    reference = take(train(source, seed=13), 5)
+    iterator = train(source, seed=13, num_workers=2)
+    try:
+        assert_same_batches(take(iterator, 2), reference[:2])
+        state = iterator.get_state()
+        assert_same_batches(take(iterator, 3), reference[2:])
+    finally:
+        iterator.close()
+    restored = train(source, seed=13, num_workers=2)
+    try:
+        restored.set_state(state)
+        assert_same_batches(take(restored, 3), reference[2:])
+    finally:
+        restored.close()
+
+
+@pytest.mark.parametrize(("batch", "processes"), [(4, 1), (10, 1), (3, 1), (4, 2)])
+def test_eval_covers_every_image_once(source, index, batch, processes):
+    table = index.splits["train"]
+    seen = []
+    for p in range(processes):
+        batches = list(
+            pipeline.eval_iterator(source, global_batch_size=batch, process_index=p, process_count=processes)
+        )
+        assert len(batches) == -(-len(table) // batch)
+        for b in batches:
+            assert b["image"].shape == (batch // processes, SIZE, SIZE, 3)
+            assert b["mask"].dtype == bool
+            real = b["index"][b["mask"]]
+            seen += real.tolist()
+            np.testing.assert_array_equal(b["sample_id"][b["mask"]], table.sample_ids[real])
+            np.testing.assert_array_equal(b["reservoir_id"][b["mask"]], table.reservoir_ids[real])
+            np.testing.assert_array_equal(b["targets"][b["mask"]], table.targets[real])
+            for row, i in zip(b["image"][b["mask"]], real, strict=True):
+                np.testing.assert_array_equal(row, pipeline.normalize(np.asarray(source.records[i]["image"])))
+            assert (b["index"][~b["mask"]] == -1).all() and (b["image"][~b["mask"]] == 0).all()
+    assert sorted(seen) == list(range(len(table)))
+
+
+def test_steps_per_epoch_and_throughput(source):
+    assert pipeline.steps_per_epoch(10, 4) == 3
+    assert pipeline.steps_per_epoch(8, 4) == 2
+    assert pipeline.measure_pairs_per_second(source, 8, num_workers=0, num_batches=2) > 0

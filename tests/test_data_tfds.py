@@ -1,0 +1,92 @@
+"""Tests for rockir_jax.data.tfds_builder: the ArrayRecord cache's contents and rebuilds."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from rockir_jax.data.metadata import index_dataset, read_image
+from rockir_jax.data.tfds_builder import load_split, prepare, read_tables
+
+LAYOUT = {"train": {"AAA001": 3, "BBB001": 2}, "db_test": {"CCC001": 2}}
+
+
+def make_dataset(root: Path) -> Path:
+    rng = np.random.default_rng(1)
+    rows = []
+    for split, samples in LAYOUT.items():
+        for sample, n in samples.items():
+            folder = root / split if split == "db_test" else root / split / sample
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in range(n):
+                pixels = rng.integers(0, 256, (40, 40), dtype=np.uint8)
+                Image.fromarray(pixels, "L").save(folder / f"{sample}_slice{k}.png")
+            rows.append(
+                {"Created_label": sample, "Porosity": 0.1 * len(rows) + 0.1,
+                 "Permeability": 10.0 ** (len(rows) + 1), "Pixelsize": 1.0}
+            )  # fmt: skip
+    csv = root / "metadata.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    return csv
+
+
+def array_record_mtimes(path: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in path.glob("*.array_record*")}
+
+
+def test_records_match_the_index(tmp_path):
+    csv = make_dataset(tmp_path / "data")
+    index = index_dataset(tmp_path / "data", csv)
+    path = prepare(index, 32, tmp_path / "cache")
+    for split, table in index.splits.items():
+        source = load_split(path, split)
+        assert len(source) == len(table) and source.image_size == 32
+        np.testing.assert_array_equal(source.sample_ids, table.sample_ids)
+        np.testing.assert_array_equal(source.reservoir_ids, table.reservoir_ids)
+        np.testing.assert_array_equal(source.targets, table.targets)
+        for i in range(len(table)):
+            record = source.records[i]
+            assert int(record["index"]) == i  # stored in table order, not shuffled
+            assert int(record["sample_id"]) == table.sample_ids[i]
+            assert int(record["reservoir_id"]) == table.reservoir_ids[i]
+            np.testing.assert_array_equal(record["targets"], table.targets[i])
+            np.testing.assert_array_equal(record["image"], read_image(table.paths[i], 32))
+    tables = read_tables(path)
+    assert tables["samples"] == list(index.samples)
+    assert tables["splits"]["train"]["paths"] == list(index.splits["train"].paths)
+
+
+def test_cache_reused_and_rebuilt_on_changes(tmp_path):
+    root = tmp_path / "data"
+    csv = make_dataset(root)
+    cache = tmp_path / "cache"
+    first = prepare(index_dataset(root, csv), 32, cache)
+    written = array_record_mtimes(first)
+    assert written
+
+    # Same source, same size: same directory, files untouched.
+    assert prepare(index_dataset(root, csv), 32, cache) == first
+    assert array_record_mtimes(first) == written
+
+    # Another image size: another build.
+    bigger = prepare(index_dataset(root, csv), 128, cache)
+    assert bigger != first
+    assert load_split(bigger, "train").records[0]["image"].shape == (128, 128, 3)
+
+    # An image touched (same bytes, new mtime): rebuilt.
+    image = root / "train" / "AAA001" / "AAA001_slice0.png"
+    stat = image.stat()
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    touched = prepare(index_dataset(root, csv), 32, cache)
+    assert touched not in (first, bigger)
+
+    # CSV content changed: rebuilt, with the new targets.
+    frame = pd.read_csv(csv)
+    frame.loc[frame.Created_label == "AAA001", "Porosity"] = 0.55
+    frame.to_csv(csv, index=False)
+    changed = prepare(index_dataset(root, csv), 32, cache)
+    assert changed not in (first, bigger, touched)
+    assert load_split(changed, "train").records[0]["targets"][0] == np.float32(0.55)
+    assert load_split(touched, "train").records[0]["targets"][0] == np.float32(0.1)

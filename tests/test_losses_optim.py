@@ -1,0 +1,86 @@
+"""Losses against float64 numpy from torch's definitions; the optimiser against torch.optim.AdamW."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rockir_jax import losses, optim
+
+
+def _bce(p, y):
+    p = np.asarray(p, np.float64)
+    with np.errstate(divide="ignore"):
+        log_p, log_q = np.maximum(np.log(p), -100), np.maximum(np.log(1 - p), -100)
+    return -np.mean(y * log_p + (1 - y) * log_q)
+
+
+def _smooth_l1(x, y):
+    d = np.abs(np.asarray(x, np.float64) - y)
+    return np.mean(np.where(d < 1, 0.5 * d**2, d - 0.5))
+
+
+def test_bce_clamps_logs_like_torch():
+    p = np.array([0.2, 0.9, 1.0, 0.0, 0.5], np.float32)
+    y = np.array([1.0, 0.0, 0.0, 1.0, 1.0], np.float32)
+    # p = 1 with y = 0 and p = 0 with y = 1 each cost 100, the clamp.
+    np.testing.assert_allclose(losses.binary_cross_entropy(p, y), _bce(p, y), rtol=1e-6)
+    assert _bce(p, y) > 200 / 5
+
+
+def test_smooth_l1_both_branches():
+    x = np.array([[0.1, 3.0], [-2.5, 0.9]], np.float32)
+    y = np.zeros((2, 2), np.float32)
+    np.testing.assert_allclose(losses.smooth_l1(x, y), (0.005 + 2.5 + 2.0 + 0.405) / 4, rtol=1e-6)
+    np.testing.assert_allclose(losses.smooth_l1(x, y), _smooth_l1(x, y), rtol=1e-6)
+
+
+@pytest.mark.parametrize("weights", [(1.0, 1.0, 1.0, 10.0), (0.5, 2.0, 0.0, 1.0)])
+def test_dsnn_loss_is_the_weighted_composite(weights):
+    rng = np.random.default_rng(0)
+    n = 16
+    outputs = {k: rng.uniform(0.01, 0.99, n).astype(np.float32) for k in ("p", "p_img", "p_rock")}
+    outputs |= {k: rng.standard_normal((n, 2)).astype(np.float32) * 2 for k in ("reg0", "reg1")}
+    batch = {
+        "same_sample": rng.integers(0, 2, n).astype(np.float32),
+        "same_meta": rng.integers(0, 2, n).astype(np.float32),
+        "targets0": rng.standard_normal((n, 2)).astype(np.float32),
+        "targets1": rng.standard_normal((n, 2)).astype(np.float32),
+    }
+    loss, terms = losses.dsnn_loss(outputs, batch, weights)
+    s, m = batch["same_sample"], batch["same_meta"]
+    expected = (
+        weights[0] * _bce(outputs["p"], s * m)
+        + weights[1] * _bce(outputs["p_img"], s)
+        + weights[2] * _bce(outputs["p_rock"], m)
+        + weights[3]
+        * (_smooth_l1(outputs["reg0"], batch["targets0"]) + _smooth_l1(outputs["reg1"], batch["targets1"]))
+    )
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    np.testing.assert_allclose(terms["loss_metadata"], _bce(outputs["p_rock"], m), rtol=1e-5)
+
+
+def test_adamw_amsgrad_matches_torch_over_several_steps():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    shapes = {"w": (5, 3), "b": (3,)}
+    params = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    grads = [
+        {k: (rng.standard_normal(s) * scale).astype(np.float32) for k, s in shapes.items()}
+        for scale in (1.0, 0.1, 3.0, 0.01)  # shrinking and growing: AMSGrad's max matters
+    ]
+    lr, wd = 1e-2, 1e-5
+
+    torch_params = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    torch_opt = torch.optim.AdamW(torch_params.values(), lr=lr, weight_decay=wd, amsgrad=True)
+    tx = optim.adamw_amsgrad(lr, weight_decay=wd)
+    jax_params = jax.tree.map(jnp.asarray, params)
+    state = tx.init(jax_params)
+    for g in grads:
+        for k, p in torch_params.items():
+            p.grad = torch.tensor(g[k])
+        torch_opt.step()
+        updates, state = tx.update(jax.tree.map(jnp.asarray, g), state, jax_params)
+        jax_params = jax.tree.map(lambda p, u: p + u, jax_params, updates)
+    for k, p in torch_params.items():
+        np.testing.assert_allclose(jax_params[k], p.detach().numpy(), rtol=1e-6, atol=1e-6)
