@@ -281,3 +281,36 @@ def import_rockir_checkpoint(
             "rock_backbone": rock["batch_stats"],
         },
     }
+
+
+def with_pretrained_backbones(
+    variables: Mapping[str, Any], backbone_variables: Mapping[str, Any], source: str = "pretrained"
+) -> dict[str, Any]:
+    """Copies ported ResNet variables (classifier dropped) into every ``*_backbone`` of a network.
+
+    Shapes must match exactly; every mismatch is reported in one :class:`PortingError`.
+    """
+    backbone = {
+        "params": {k: v for k, v in backbone_variables["params"].items() if k != "fc"},
+        "batch_stats": backbone_variables["batch_stats"],
+    }
+    merged = {collection: dict(tree) for collection, tree in variables.items()}
+    problems = []
+    for name in [k for k in variables["params"] if k.endswith("_backbone")]:
+        for collection in ("params", "batch_stats"):
+            expected = traverse_util.flatten_dict(variables[collection][name], sep="/")
+            given = traverse_util.flatten_dict(backbone[collection], sep="/")
+            problems += [f"{collection}/{name}/{k}: missing" for k in expected if k not in given]
+            problems += [f"{collection}/{name}/{k}: unexpected" for k in given if k not in expected]
+            problems += [
+                f"{collection}/{name}/{k}: shape {np.shape(given[k])} != {tuple(expected[k].shape)}"
+                for k in expected
+                if k in given and np.shape(given[k]) != tuple(expected[k].shape)
+            ]
+            merged[collection][name] = jax.tree.map(np.asarray, backbone[collection])
+    if problems:
+        raise PortingError(
+            f"{source} does not fit the model's backbones ({len(problems)} problems):\n  "
+            + "\n  ".join(problems)
+        )
+    return merged

@@ -1,0 +1,40 @@
+"""Default: DSNN-ResNet-18 on the bundled synthetic digital rocks, sized for 2 CPU cores (< 10 min).
+
+python -m rockir_jax.train --config configs/default.py --workdir runs/default
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.model = "dsnn"  # dsnn | siamese
+    config.backbone = "resnet18"  # resnet18 | resnet34
+    config.pretrained = ""  # a ported ImageNet backbone (scripts/port_torchvision_weights.py), or ""
+    config.image_size = 128
+    config.dtype = "float32"  # computation dtype; bfloat16 on GPU/TPU (params stay float32)
+
+    config.global_batch_size = 16
+    config.num_train_steps = 300
+    config.learning_rate = 3e-4
+    # The original used lr × number of GPUs; this multiplies learning_rate by the device count.
+    config.scale_learning_rate_by_devices = False
+    config.weight_decay = 1e-5
+    config.seed = 0
+    config.loss_weights = (1.0, 1.0, 1.0, 10.0)  # fused, image, metadata, regression
+
+    config.data = ml_collections.ConfigDict()
+    config.data.root = "datasets/synthetic_rocks"
+    config.data.metadata = "datasets/synthetic_rocks/metadata.csv"
+    config.data.cache_dir = "~/.cache/rockir_jax"
+    config.data.num_workers = 0  # grain worker processes for the training pairs
+    config.data.extra_targets = ()  # further numeric CSV columns to regress
+
+    config.log_every_steps = 10
+    config.eval_every_steps = 100
+    config.checkpoint_every_steps = 50
+    config.keep_checkpoints = 2
+    config.eval_pair_batches = 4  # fixed validation pairs for the validation loss
+    config.eval_batch_size = 64  # images per embedding batch
+    config.retrieval_k = 10
+    return config

@@ -1,0 +1,94 @@
+"""Embedding whole image sets with a model, sharded over devices, and validation of a model.
+
+Embeddings come from the model's ``embed`` method (DSNN: ``(normalize(f_img) + normalize(f_rock)) / 2``
+and the regression prediction; Siamese and Vanilla: normalised pooled features).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from tqdm import tqdm
+
+from rockir_jax.data.metadata import TargetSpec, targets_to_physical
+from rockir_jax.data.pipeline import eval_iterator
+from rockir_jax.data.sources import SplitSource
+from rockir_jax.retrieval.knn import knn
+from rockir_jax.retrieval.metrics import metadata_metrics, retrieval_metrics
+from rockir_jax.step import shard_batch
+
+EmbedStep = Callable[[Mapping[str, Any], jax.Array], dict[str, jax.Array]]
+
+
+def embed_source(
+    embed_step: EmbedStep,
+    variables: Mapping[str, Any],
+    source: SplitSource,
+    mesh: jax.sharding.Mesh,
+    batch_size: int,
+    progress: str | None = None,
+) -> dict[str, np.ndarray]:
+    """Runs ``embed_step`` (:func:`rockir_jax.step.make_embed_step`) over every image of ``source``.
+
+    Returns ``embedding`` ``(N, D)``, ``reg`` ``(N, T)`` when the model predicts metadata, and the
+    split's ``sample_id``, ``reservoir_id``, ``targets`` and ``index``, in the split's order.
+    """
+    parts: list[dict[str, np.ndarray]] = []
+    batches = eval_iterator(source, global_batch_size=batch_size)
+    total = -(-len(source) // batch_size)
+    for batch in tqdm(batches, total=total, desc=progress, disable=progress is None, leave=False):
+        outputs = embed_step(variables, shard_batch({"image": batch.pop("image")}, mesh)["image"])
+        local = {key: value for key, value in batch.items()}
+        gathered = multihost_utils.process_allgather(local, tiled=True)
+        outputs = multihost_utils.process_allgather(outputs, tiled=True)
+        keep = np.asarray(gathered.pop("mask"))
+        parts.append({k: np.asarray(v)[keep] for k, v in {**gathered, **outputs}.items()})
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
+def physical_metadata(targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(porosity, permeability relative to ``Pixelsize**2``) of targets in the default scaling.
+
+    Both true and predicted values share the pixel size of their image, so comparisons of log10
+    permeability need no pixel size.
+    """
+    return targets_to_physical(targets, 1.0, TargetSpec())
+
+
+def validation_metrics(
+    queries: Mapping[str, np.ndarray],
+    database: Mapping[str, np.ndarray],
+    query_offset: int,
+    k: int = 10,
+) -> dict[str, float]:
+    """Retrieval metrics of ``queries`` against ``database`` (which contains them, from row
+    ``query_offset`` on; each query is excluded from its own ranking) and, for models that predict
+    metadata, the queries' porosity and permeability errors. Flat ``{"sample/map@10": …}``."""
+    query_rows = query_offset + np.arange(len(queries["embedding"]))
+    # The full ranking, so that mAP over all relevant items is exact.
+    full = len(database["embedding"]) - 1
+    _, ranked = knn(queries["embedding"], database["embedding"], full, exclude_indices=query_rows)
+    levels = ("sample_id", "reservoir_id")
+    per_level = retrieval_metrics(
+        ranked,
+        {name.removesuffix("_id"): queries[name] for name in levels},
+        {name.removesuffix("_id"): database[name] for name in levels},
+        k,
+        exclude_self=False,
+    )
+    flat = {
+        f"{level}/{name}": float(value)
+        for level, values in per_level.items()
+        for name, value in values.items()
+        if not name.startswith("n_")
+    }
+    if "reg" in queries:
+        true_porosity, true_permeability = physical_metadata(queries["targets"])
+        pred_porosity, pred_permeability = physical_metadata(queries["reg"])
+        errors = metadata_metrics(true_porosity, pred_porosity, true_permeability, pred_permeability)
+        flat |= {f"metadata/{name}": float(v) for name, v in errors.items() if not name.startswith("n_")}
+    return flat

@@ -1,0 +1,250 @@
+"""Retrieval and metadata metrics, in float64 numpy.
+
+Ranking metrics take ``relevant``: a boolean (Q, M) array whose row q says, rank by rank, whether
+the item retrieved at that rank is relevant to query q; and ``n_relevant``: (Q,) the number |R| of
+relevant items in the whole database (the query itself not counted). ``n_relevant`` defaults to the
+row sums, which is right only when the rows hold the full ranking. With ``rel_i`` the relevance at
+rank i (1-based) and ``P@i = (Σ_{j≤i} rel_j) / i``:
+
+* precision@k = ``Σ_{i≤k} rel_i / k``
+* AP@k        = ``Σ_{i≤k} P@i · rel_i / min(|R|, k)``   (standard; 1 for a perfect top k)
+* AP@k, original RockIR = ``Σ_{i≤k} P@i · rel_i / k``   (divides by k: < 1 when |R| < k)
+* AP          = ``Σ_{i≤M} P@i · rel_i / |R|``   (over the full ranking; relevant items the
+  ranking does not reach count as never retrieved)
+* hit rate@k  = ``1 if Σ_{i≤k} rel_i ≥ 1 else 0``   (DESIGN §3's "recall@k")
+* recall@k    = ``Σ_{i≤k} rel_i / |R|``   (the fraction of the relevant items retrieved)
+
+Queries with no relevant item (|R| = 0) get NaN from every metric normalised by |R|;
+:func:`retrieval_metrics` leaves them out of all its means and reports how many there were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+
+def _relevance(relevant: ArrayLike, k: int | None = None) -> np.ndarray:
+    rel = np.asarray(relevant, dtype=bool)
+    if rel.ndim != 2:
+        raise ValueError(f"relevant must be (queries, ranks), got shape {rel.shape}")
+    if k is not None and not 1 <= k <= rel.shape[1]:
+        raise ValueError(f"k={k} must be between 1 and the ranking length {rel.shape[1]}")
+    return rel
+
+
+def _n_relevant(rel: np.ndarray, n_relevant: ArrayLike | None) -> np.ndarray:
+    if n_relevant is None:
+        return rel.sum(axis=1).astype(np.float64)
+    n = np.asarray(n_relevant, dtype=np.float64)
+    if n.shape != (rel.shape[0],):
+        raise ValueError(f"n_relevant must have shape ({rel.shape[0]},), got {n.shape}")
+    return n
+
+
+def _precision_sum(rel: np.ndarray) -> np.ndarray:
+    """Σ_i P@i · rel_i over the given ranks."""
+    ranks = np.arange(1, rel.shape[1] + 1, dtype=np.float64)
+    return np.sum(np.cumsum(rel, axis=1) / ranks * rel, axis=1)
+
+
+def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def precision_at_k(relevant: ArrayLike, k: int) -> np.ndarray:
+    """(Q,) fraction of the top k that is relevant."""
+    rel = _relevance(relevant, k)
+    return rel[:, :k].sum(axis=1) / float(k)
+
+
+def average_precision_at_k(relevant: ArrayLike, k: int, n_relevant: ArrayLike | None = None) -> np.ndarray:
+    """(Q,) standard AP@k, normalised by ``min(|R|, k)``; NaN where |R| = 0."""
+    rel = _relevance(relevant, k)
+    n = _n_relevant(rel, n_relevant)
+    return _divide(_precision_sum(rel[:, :k]), np.minimum(n, k))
+
+
+def average_precision_at_k_original(relevant: ArrayLike, k: int) -> np.ndarray:
+    """(Q,) the original RockIR's AP@k, normalised by k (0 where nothing relevant is retrieved)."""
+    rel = _relevance(relevant, k)
+    return _precision_sum(rel[:, :k]) / float(k)
+
+
+def average_precision(relevant: ArrayLike, n_relevant: ArrayLike | None = None) -> np.ndarray:
+    """(Q,) AP over the whole given ranking, normalised by |R|; NaN where |R| = 0."""
+    rel = _relevance(relevant)
+    return _divide(_precision_sum(rel), _n_relevant(rel, n_relevant))
+
+
+def hit_rate_at_k(relevant: ArrayLike, k: int) -> np.ndarray:
+    """(Q,) 1.0 where at least one of the top k is relevant, else 0.0 (DESIGN §3's recall@k)."""
+    rel = _relevance(relevant, k)
+    return rel[:, :k].any(axis=1).astype(np.float64)
+
+
+def recall_at_k(relevant: ArrayLike, k: int, n_relevant: ArrayLike | None = None) -> np.ndarray:
+    """(Q,) fraction of the |R| relevant items found in the top k; NaN where |R| = 0."""
+    rel = _relevance(relevant, k)
+    return _divide(rel[:, :k].sum(axis=1).astype(np.float64), _n_relevant(rel, n_relevant))
+
+
+def _without_self(
+    ranked: np.ndarray, query_ids: np.ndarray, database_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rankings with each query's own entry removed (later ranks move up) and a validity mask."""
+    is_self = database_ids[ranked] == query_ids[:, None]
+    # A stable sort on "is self" keeps the order of the other entries and moves self to the end.
+    order = np.argsort(is_self, axis=1, kind="stable")
+    return np.take_along_axis(ranked, order, axis=1), ~np.take_along_axis(is_self, order, axis=1)
+
+
+def _label_counts(query_labels: np.ndarray, database_labels: np.ndarray) -> np.ndarray:
+    """(Q,) how many database rows carry each query's label."""
+    values, counts = np.unique(database_labels, return_counts=True)
+    pos = np.minimum(np.searchsorted(values, query_labels), len(values) - 1)
+    return np.where(values[pos] == query_labels, counts[pos], 0)
+
+
+def retrieval_metrics(
+    ranked_indices: ArrayLike,
+    query_labels: Mapping[str, ArrayLike],
+    database_labels: Mapping[str, ArrayLike],
+    k: int = 10,
+    *,
+    exclude_self: bool = True,
+    query_ids: ArrayLike | None = None,
+    database_ids: ArrayLike | None = None,
+) -> dict[str, dict[str, float | int]]:
+    """Mean ranking metrics per relevance level.
+
+    Args:
+        ranked_indices: (Q, M) database rows per query, best first: the full ranking (M = N) for an
+            exact mAP, or a truncated one (AP then counts unreached relevant items as missed).
+        query_labels: level name → (Q,) labels of the queries, e.g.
+            ``{"sample": ..., "reservoir": ...}``; an item is relevant at a level when its label
+            equals the query's.
+        database_labels: the same levels → (N,) labels of the database rows.
+        k: cut-off of the @k metrics.
+        exclude_self: drop each query's own entry from its ranking and from its relevant set.
+        query_ids, database_ids: identities used to find "self" (e.g. image paths); by default the
+            queries are the database rows 0…Q-1, i.e. ``query_ids = arange(Q)``, ``database_ids =
+            arange(N)``.
+
+    Returns:
+        level → ``{"map@k", "map@k_original", "map", "precision@k", "hit_rate@k", "recall@k",
+        "n_queries", "n_queries_without_relevant"}`` (with the number in place of k). Means are
+        over the queries that have at least one relevant item; ``hit_rate@k`` is DESIGN §3's
+        recall@k (≥ 1 relevant in the top k) and ``recall@k`` the fraction of relevant items
+        retrieved.
+    """
+    ranked = np.asarray(ranked_indices)
+    if ranked.ndim != 2:
+        raise ValueError(f"ranked_indices must be (queries, ranks), got shape {ranked.shape}")
+    n_queries = ranked.shape[0]
+    if set(query_labels) != set(database_labels):
+        raise ValueError(
+            f"query and database label levels differ: {sorted(query_labels)} vs {sorted(database_labels)}"
+        )
+    n_db = len(next(iter(database_labels.values())))
+    valid = np.ones(ranked.shape, dtype=bool)
+    self_row = np.full(n_queries, -1)
+    if exclude_self:
+        q_ids = np.arange(n_queries) if query_ids is None else np.asarray(query_ids)
+        db_ids = np.arange(n_db) if database_ids is None else np.asarray(database_ids)
+        ranked, valid = _without_self(ranked, q_ids, db_ids)
+        row_of = {item: row for row, item in enumerate(db_ids.tolist())}
+        self_row = np.array([row_of.get(item, -1) for item in q_ids.tolist()], dtype=np.int64)
+    length = int(valid.sum(axis=1).min())
+    if not 1 <= k <= length:
+        raise ValueError(f"k={k} must be between 1 and the ranking length {length} (self excluded)")
+
+    results: dict[str, dict[str, float | int]] = {}
+    for level, q_lab in query_labels.items():
+        q_lab = np.asarray(q_lab)
+        db_lab = np.asarray(database_labels[level])
+        if q_lab.shape != (n_queries,) or db_lab.shape != (n_db,):
+            raise ValueError(f"level {level!r}: labels must be ({n_queries},) and ({n_db},)")
+        relevant = (db_lab[ranked] == q_lab[:, None]) & valid
+        in_db = self_row >= 0
+        self_relevant = in_db & (db_lab[np.where(in_db, self_row, 0)] == q_lab)
+        n_rel = _label_counts(q_lab, db_lab) - self_relevant
+        has = n_rel > 0
+        per_query = {
+            f"map@{k}": average_precision_at_k(relevant, k, n_rel),
+            f"map@{k}_original": average_precision_at_k_original(relevant, k),
+            "map": average_precision(relevant, n_rel),
+            f"precision@{k}": precision_at_k(relevant, k),
+            f"hit_rate@{k}": hit_rate_at_k(relevant, k),
+            f"recall@{k}": recall_at_k(relevant, k, n_rel),
+        }
+        level_result: dict[str, float | int] = {
+            name: float(np.mean(values[has])) if has.any() else float("nan")
+            for name, values in per_query.items()
+        }
+        level_result["n_queries"] = int(has.sum())
+        level_result["n_queries_without_relevant"] = int((~has).sum())
+        results[level] = level_result
+    return results
+
+
+def _paired(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    t = np.asarray(y_true, dtype=np.float64).ravel()
+    p = np.asarray(y_pred, dtype=np.float64).ravel()
+    if t.shape != p.shape:
+        raise ValueError(f"y_true and y_pred differ in size: {t.size} vs {p.size}")
+    return t, p
+
+
+def mae(y_true: ArrayLike, y_pred: ArrayLike) -> float:
+    """Mean absolute error ``mean |y - ŷ|``."""
+    t, p = _paired(y_true, y_pred)
+    return float(np.mean(np.abs(t - p)))
+
+
+def rmse(y_true: ArrayLike, y_pred: ArrayLike) -> float:
+    """Root mean squared error ``sqrt(mean (y - ŷ)²)``."""
+    t, p = _paired(y_true, y_pred)
+    return float(np.sqrt(np.mean(np.square(t - p))))
+
+
+def r2_score(y_true: ArrayLike, y_pred: ArrayLike) -> float:
+    """Coefficient of determination ``1 - Σ(y - ŷ)² / Σ(y - ȳ)²`` (NaN when y is constant)."""
+    t, p = _paired(y_true, y_pred)
+    total = np.sum(np.square(t - t.mean()))
+    return float(1.0 - np.sum(np.square(t - p)) / total) if total > 0 else float("nan")
+
+
+def metadata_metrics(
+    true_porosity: ArrayLike,
+    pred_porosity: ArrayLike,
+    true_permeability: ArrayLike,
+    pred_permeability: ArrayLike,
+) -> dict[str, float | int]:
+    """Porosity MAE and log10-permeability RMSE and R² over the items whose truth is known.
+
+    Permeabilities are physical (any one unit for both); their log10 is taken here, so they must be
+    positive. Items with a NaN true value (unknown metadata) are left out, per quantity.
+
+    Returns:
+        ``{"porosity_mae", "log10_permeability_rmse", "log10_permeability_r2", "n_porosity",
+        "n_permeability"}``; NaN metrics when no truth is known.
+    """
+    t_por, p_por = _paired(true_porosity, pred_porosity)
+    t_perm, p_perm = _paired(true_permeability, pred_permeability)
+    known_por = np.isfinite(t_por)
+    known_perm = np.isfinite(t_perm)
+    if np.any(t_perm[known_perm] <= 0) or np.any(~(p_perm[known_perm] > 0)):
+        raise ValueError("permeabilities must be positive to take their log10")
+    log_t, log_p = np.log10(t_perm[known_perm]), np.log10(p_perm[known_perm])
+    nan = float("nan")
+    return {
+        "porosity_mae": mae(t_por[known_por], p_por[known_por]) if known_por.any() else nan,
+        "log10_permeability_rmse": rmse(log_t, log_p) if known_perm.any() else nan,
+        "log10_permeability_r2": r2_score(log_t, log_p) if known_perm.any() else nan,
+        "n_porosity": int(known_por.sum()),
+        "n_permeability": int(known_perm.sum()),
+    }

@@ -1,0 +1,240 @@
+"""Training and validation of a DSNN or Siamese baseline: ``python -m rockir_jax.train``.
+
+    python -m rockir_jax.train --config configs/default.py --workdir runs/default [--config.KEY=VALUE]
+
+Config → data (validated, cached as ArrayRecord) → mesh → state (fresh, or resumed from the latest
+checkpoint in ``<workdir>/checkpoints``) → the sharded train step, with validation (pair loss,
+retrieval mAP, metadata errors) every ``eval_every_steps``. Re-running the same command resumes; the
+resumed run ends with the parameters an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from rockir_jax import data, losses, porting
+from rockir_jax import step as step_lib
+from rockir_jax.checkpoint import Checkpointer
+from rockir_jax.metrics_log import MetricsLog
+from rockir_jax.models import build_model
+from rockir_jax.optim import adamw_amsgrad
+from rockir_jax.retrieval.embed import embed_source, validation_metrics
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; no checkpoint of that state was written."""
+
+
+def maybe_initialize_distributed() -> None:
+    """``jax.distributed.initialize()`` when launched as several processes (SLURM or torchrun-style).
+
+    SLURM and explicit ``JAX_COORDINATOR_ADDRESS`` set-ups are detected by JAX itself; torchrun-style
+    launchers set ``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE`` and ``RANK``.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        jax.distributed.initialize(
+            coordinator_address=f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}",
+            num_processes=int(os.environ["WORLD_SIZE"]),
+            process_id=int(os.environ["RANK"]),
+        )
+    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "JAX_COORDINATOR_ADDRESS" in os.environ:
+        jax.distributed.initialize()
+
+
+def _loss_fn(config: ml_collections.ConfigDict) -> step_lib.LossFn:
+    if config.model == "dsnn":
+        return functools.partial(losses.dsnn_loss, weights=tuple(config.loss_weights))
+    return losses.siamese_loss
+
+
+def _initial_variables(model, config: ml_collections.ConfigDict) -> dict[str, Any]:
+    variables = step_lib.init_variables(model, jax.random.key(config.seed), config.image_size)
+    variables = jax.tree.map(np.asarray, variables)
+    if config.pretrained:
+        backbone = porting.load_variables(config.pretrained)
+        variables = porting.with_pretrained_backbones(variables, backbone, source=config.pretrained)
+    return variables
+
+
+def _prepare_data(config: ml_collections.ConfigDict) -> dict[str, data.SplitSource]:
+    """Validates the data set (raising :class:`data.DataValidationError`) and opens its splits."""
+    index = data.index_dataset(
+        config.data.root, config.data.metadata, extra_targets=tuple(config.data.extra_targets)
+    )
+    cache = data.prepare(index, config.image_size, Path(config.data.cache_dir).expanduser())
+    return {split: data.load_split(cache, split) for split in ("train", "val") if index.splits.get(split)}
+
+
+class Validator:
+    """Validation: loss on fixed pairs of the val split; retrieval of val images among train + val."""
+
+    def __init__(self, config, mesh, model, loss_fn, sources: Mapping[str, data.SplitSource]):
+        self.config, self.mesh, self.sources = config, mesh, sources
+        self.eval_step = step_lib.make_eval_step(mesh, loss_fn)
+        self.embed_step = step_lib.make_embed_step(mesh, model)
+
+    def __call__(self, state: step_lib.TrainState) -> dict[str, float]:
+        config, val = self.config, self.sources["val"]
+        pairs = data.train_iterator(val, global_batch_size=config.global_batch_size, seed=config.seed + 1)
+        pair_metrics = [
+            jax.device_get(self.eval_step(state, step_lib.shard_batch(next(pairs), self.mesh)))
+            for _ in range(config.eval_pair_batches)
+        ]
+        metrics = {f"{k}": float(np.mean([m[k] for m in pair_metrics])) for k in pair_metrics[0]}
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        embed = functools.partial(
+            embed_source, self.embed_step, variables, mesh=self.mesh, batch_size=config.eval_batch_size
+        )
+        train_embedded, val_embedded = embed(self.sources["train"]), embed(val)
+        database = {k: np.concatenate([train_embedded[k], val_embedded[k]]) for k in val_embedded}
+        offset = len(train_embedded["embedding"])
+        return metrics | validation_metrics(val_embedded, database, offset, k=config.retrieval_k)
+
+
+def _save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str) + "\n")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> step_lib.TrainState:
+    """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint); returns the final state."""
+    workdir = Path(workdir)
+    is_chief = jax.process_index() == 0
+    mesh = step_lib.make_mesh()
+    step_lib.check_divisible(config.global_batch_size, mesh)
+    sources = _prepare_data(config)
+    if is_chief:
+        workdir.mkdir(parents=True, exist_ok=True)
+        _save_config(config, workdir)
+
+    model = build_model(
+        config.model,
+        config.backbone,
+        num_extra_targets=len(config.data.extra_targets),
+        axis_name=step_lib.DATA_AXIS,
+        dtype=jnp.dtype(config.dtype),
+    )
+    loss_fn = _loss_fn(config)
+    scale = mesh.devices.size if config.scale_learning_rate_by_devices else 1
+    learning_rate = config.learning_rate * scale
+    tx = adamw_amsgrad(learning_rate, weight_decay=config.weight_decay)
+    state = step_lib.create_train_state(model, _initial_variables(model, config), tx)
+    train_iter = data.train_iterator(
+        sources["train"],
+        global_batch_size=config.global_batch_size,
+        seed=config.seed,
+        num_workers=config.data.num_workers,
+    )
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    log = MetricsLog(workdir)
+    if checkpointer.latest_step() is not None:
+        state = checkpointer.restore(state, train_iter)
+        logging.info("resumed from step %d", int(state.step))
+    if is_chief:
+        log.truncate_after(int(state.step))
+    state = step_lib.replicate(state, mesh)
+
+    train_step = step_lib.make_train_step(mesh, loss_fn)
+    validate = Validator(config, mesh, model, loss_fn, sources) if "val" in sources else None
+    if validate is None:
+        logging.warning("no val split in %s: training without validation", config.data.root)
+
+    def evaluate_and_log(step: int) -> dict[str, float] | None:
+        if validate is None:
+            return None
+        metrics = validate(state)
+        if is_chief:
+            log.write(step, "val", metrics)
+            log.plot()
+        return metrics
+
+    first_step = int(state.step)
+    if first_step == 0:
+        evaluate_and_log(0)
+    progress = tqdm(
+        total=config.num_train_steps, initial=first_step, desc="train", unit="step", disable=not is_chief
+    )
+    window: list[dict[str, float]] = []
+    window_start = time.perf_counter()
+    step = first_step
+    try:
+        for step in range(first_step + 1, config.num_train_steps + 1):
+            batch = step_lib.shard_batch(next(train_iter), mesh)
+            state, metrics = train_step(state, batch)
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if not np.isfinite(metrics["loss"]):
+                raise NonFiniteLossError(
+                    f"non-finite loss ({metrics['loss']}) at step {step}: stopping without saving this "
+                    f"state; the latest checkpoint is step {checkpointer.latest_step()}. Terms: {metrics}"
+                )
+            window.append(metrics)
+            progress.update()
+            if step % config.log_every_steps == 0 or step == config.num_train_steps:
+                elapsed = time.perf_counter() - window_start
+                summary = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+                summary |= {
+                    "learning_rate": learning_rate,
+                    "pairs_per_second": len(window) * config.global_batch_size / elapsed,
+                }
+                progress.set_postfix(
+                    loss=f"{summary['loss']:.4f}", pairs_s=f"{summary['pairs_per_second']:.1f}"
+                )
+                if is_chief:
+                    log.write(step, "train", summary)
+                window, window_start = [], time.perf_counter()
+            eval_metrics = None
+            if step % config.eval_every_steps == 0 or step == config.num_train_steps:
+                eval_metrics = evaluate_and_log(step)
+            if eval_metrics or step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
+                checkpointer.save(state, train_iter, eval_metrics)
+    except KeyboardInterrupt:
+        # Everything up to the last completed step is kept: the next run resumes from here.
+        if step > first_step and checkpointer.latest_step() != step:
+            checkpointer.save(state, train_iter)
+        checkpointer.wait()
+        raise
+    finally:
+        progress.close()
+    checkpointer.wait()
+    checkpointer.close()
+    if is_chief:
+        log.plot()
+        print(f"done: {workdir}/metrics.jsonl, {log.curves_path}, checkpoints in {workdir}/checkpoints")
+    return state
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    maybe_initialize_distributed()
+    try:
+        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except data.DataValidationError as err:
+        print(f"error: the data set is not usable, nothing was trained:\n{err}", file=sys.stderr)
+        sys.exit(2)
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)
