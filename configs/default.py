@@ -15,12 +15,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.dtype = "float32"  # computation dtype; bfloat16 on GPU/TPU (params stay float32)
 
     config.global_batch_size = 16
-    config.num_train_steps = 300
+    config.num_train_steps = 150
     config.learning_rate = 3e-4
     # The original used lr × number of GPUs; this multiplies learning_rate by the device count.
     config.scale_learning_rate_by_devices = False
     config.weight_decay = 1e-5
     config.seed = 0
+    config.num_devices = 0  # devices of the data-parallel mesh; 0 = all
     config.loss_weights = (1.0, 1.0, 1.0, 10.0)  # fused, image, metadata, regression
 
     config.data = ml_collections.ConfigDict()
@@ -31,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.extra_targets = ()  # further numeric CSV columns to regress
 
     config.log_every_steps = 10
-    config.eval_every_steps = 100
+    config.eval_every_steps = 50
     config.checkpoint_every_steps = 50
     config.keep_checkpoints = 2
     config.eval_pair_batches = 4  # fixed validation pairs for the validation loss

@@ -114,7 +114,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint); returns the final state."""
     workdir = Path(workdir)
     is_chief = jax.process_index() == 0
-    mesh = step_lib.make_mesh()
+    mesh = step_lib.make_mesh(jax.devices()[: config.num_devices or None])
     step_lib.check_divisible(config.global_batch_size, mesh)
     sources = _prepare_data(config)
     if is_chief:
@@ -177,6 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             state, metrics = train_step(state, batch)
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
             if not np.isfinite(metrics["loss"]):
+                checkpointer.wait()
                 raise NonFiniteLossError(
                     f"non-finite loss ({metrics['loss']}) at step {step}: stopping without saving this "
                     f"state; the latest checkpoint is step {checkpointer.latest_step()}. Terms: {metrics}"
@@ -205,11 +206,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         # Everything up to the last completed step is kept: the next run resumes from here.
         if step > first_step and checkpointer.latest_step() != step:
             checkpointer.save(state, train_iter)
-        checkpointer.wait()
         raise
     finally:
         progress.close()
-    checkpointer.wait()
+        checkpointer.wait()
     checkpointer.close()
     if is_chief:
         log.plot()
@@ -224,6 +224,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Compiled programs are reused across runs and resumes (the first compile takes a minute on CPU).
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(Path("~/.cache/rockir_jax/xla").expanduser()))
     maybe_initialize_distributed()
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -1,8 +1,14 @@
 """Test configuration: 8 emulated CPU devices, set before jax is first imported."""
 
 import os
+import tempfile
 
 _DEVICE_FLAG = "--xla_force_host_platform_device_count=8"
 if _DEVICE_FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICE_FLAG}".strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Trainer tests compile the same programs several times: a per-session persistent cache keeps
+# the recompiles from dominating the suite.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="rockir_jax_xla_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")

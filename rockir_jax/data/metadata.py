@@ -346,6 +346,16 @@ def _read_metadata_csv(
     return good.set_index(SAMPLE_COLUMN), digest
 
 
+def read_metadata(metadata_csv: str | Path, spec: TargetSpec = TargetSpec()) -> pd.DataFrame:
+    """The metadata CSV indexed by sample name; raises DataValidationError listing every bad row."""
+    problems: list[str] = []
+    frame, _ = _read_metadata_csv(Path(metadata_csv).absolute(), spec, problems)
+    if problems:
+        raise DataValidationError(problems)
+    assert frame is not None
+    return frame
+
+
 def _check_images(paths: Iterable[Path]) -> list[str]:
     # Decoding is mostly outside the GIL, so threads help on big data sets.
     with ThreadPoolExecutor(max_workers=4) as pool:

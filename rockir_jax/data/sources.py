@@ -59,7 +59,11 @@ class _FileRecords(Sequence):
 
 def from_index(index: DatasetIndex, split: str, image_size: int) -> SplitSource:
     """A source that reads the split's image files directly (no cache)."""
-    table = index.splits[split]
+    return from_table(index.splits[split], image_size)
+
+
+def from_table(table: SplitTable, image_size: int) -> SplitSource:
+    """A source that reads ``table``'s image files directly (no cache)."""
     return SplitSource(
         records=_FileRecords(table, image_size),
         sample_ids=table.sample_ids,

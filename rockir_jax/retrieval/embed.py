@@ -78,7 +78,8 @@ def validation_metrics(
         {name.removesuffix("_id"): queries[name] for name in levels},
         {name.removesuffix("_id"): database[name] for name in levels},
         k,
-        exclude_self=False,
+        # Self is already out of the ranking; naming it keeps it out of each query's relevant count.
+        query_ids=query_rows,
     )
     flat = {
         f"{level}/{name}": float(value)

@@ -1,0 +1,186 @@
+"""Model comparison (the paper's claim): DSNN-R18, Siamese-R18, Siamese-R34 and Vanilla-R34 on one split.
+
+The three trained models share the base config except for ``model`` and ``backbone`` (ResNet-18
+runs keep the config's ``pretrained`` weights; ResNet-34 ones get ``pretrained_resnet34``, else a
+random initialisation), train into ``<out>/runs/<name>`` and are evaluated, with the vanilla
+baseline at the same input size, by :func:`rockir_jax.retrieval.evaluate.evaluate` into
+``<out>/eval/<name>``. The table goes to ``<out>/comparison.md`` and ``<out>/comparison.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+
+from rockir_jax.retrieval import evaluate
+from rockir_jax.train import train_and_evaluate
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One row of the comparison."""
+
+    name: str
+    model: str
+    backbone: str
+
+
+TRAINED = (
+    Entry("DSNN-R18", "dsnn", "resnet18"),
+    Entry("Siamese-R18", "siamese", "resnet18"),
+    Entry("Siamese-R34", "siamese", "resnet34"),
+)
+VANILLA = Entry("Vanilla-R34", "vanilla", "resnet34")
+
+COLUMNS = {
+    "sample/map@{k}": "sample mAP@{k}",
+    "sample/map": "sample mAP",
+    "reservoir/map@{k}": "reservoir mAP@{k}",
+    "reservoir/map": "reservoir mAP",
+    "reservoir/precision@{k}": "reservoir P@{k}",
+    "reservoir/hit_rate@{k}": "reservoir hit@{k}",
+    "metadata/porosity_mae": "porosity MAE",
+    "metadata/log10_permeability_rmse": "log10 k RMSE",
+    "metadata/log10_permeability_r2": "log10 k R²",
+}
+
+
+def run_config(
+    base: ml_collections.ConfigDict, entry: Entry, pretrained_resnet34: str | None, steps: int | None
+) -> ml_collections.ConfigDict:
+    """``base`` with the entry's model and backbone (and ``steps`` training steps when given)."""
+    config = ml_collections.ConfigDict(base.to_dict())
+    config.model, config.backbone = entry.model, entry.backbone
+    if entry.backbone == "resnet34":
+        config.pretrained = pretrained_resnet34 or ""
+    if steps is not None:
+        config.num_train_steps = steps
+    return config
+
+
+def _initialisation(pretrained: str | None) -> str:
+    return f"ImageNet ({pretrained})" if pretrained else "random"
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    return (run_dir / "config.json").is_file() and any((run_dir / "checkpoints").glob("[0-9]*"))
+
+
+def train_or_reuse(config: ml_collections.ConfigDict, run_dir: Path, reuse: bool) -> float | None:
+    """Trains ``config`` into ``run_dir`` unless ``reuse`` and it holds a checkpoint; returns the
+    training time in seconds (None when reused)."""
+    if _has_checkpoint(run_dir):
+        if reuse:
+            return None
+        raise FileExistsError(f"{run_dir} already holds a run: pass --reuse to evaluate it, or another --out")
+    start = time.perf_counter()
+    train_and_evaluate(config, run_dir)
+    return time.perf_counter() - start
+
+
+def machine() -> str:
+    """The devices and host the comparison ran on."""
+    device = jax.devices()[0]
+    host = platform.processor() or platform.machine()
+    return (
+        f"{len(jax.devices())} x {device.device_kind} ({device.platform}); host {host}, {os.cpu_count()} CPUs"
+    )
+
+
+def compare_models(
+    base: ml_collections.ConfigDict,
+    out: str | Path,
+    *,
+    steps: int | None = None,
+    reuse: bool = False,
+    db: str | Path | None = None,
+    metadata_csv: str | Path | None = None,
+    split: str = evaluate.DEFAULT_SPLIT,
+    pretrained_resnet34: str | None = None,
+    k: int = 10,
+    figures: int = 0,
+) -> dict[str, Any]:
+    """Trains (or reuses) the :data:`TRAINED` models, evaluates them and :data:`VANILLA` on the same
+    database (default: the config's data root and CSV, ``split`` of it) and writes the table."""
+    out = Path(out)
+    db = Path(db if db is not None else base.data.root)
+    metadata_csv = metadata_csv if metadata_csv is not None else base.data.metadata
+    rows = []
+    for entry in (*TRAINED, VANILLA):
+        if entry is VANILLA:
+            train_seconds = None
+            model = evaluate.load_vanilla(entry.backbone, base.image_size, pretrained_resnet34, base.seed)
+            init = _initialisation(pretrained_resnet34)
+        else:
+            config = run_config(base, entry, pretrained_resnet34, steps)
+            train_seconds = train_or_reuse(config, out / "runs" / entry.name, reuse)
+            model = evaluate.load_workdir(out / "runs" / entry.name)
+            init = _initialisation(config.pretrained)
+        report = evaluate.evaluate(
+            model,
+            db,
+            out / "eval" / entry.name,
+            metadata_csv=metadata_csv,
+            split=split,
+            k=k,
+            figures=figures,
+            batch_size=base.eval_batch_size,
+        )
+        rows.append(
+            {
+                "name": entry.name,
+                "model": entry.model,
+                "backbone": entry.backbone,
+                "initialisation": init,
+                "steps": model.identity.get("step", 0),
+                "image_size": model.image_size,
+                "train_seconds": train_seconds,
+                "metrics": report["metrics"],
+            }
+        )
+    table = {
+        "db": str(db.absolute()),
+        "split": split,
+        "n_images": report["n_images"],
+        "k": k,
+        "machine": machine(),
+        "models": rows,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "comparison.json").write_text(json.dumps(table, indent=2) + "\n")
+    (out / "comparison.md").write_text(comparison_markdown(table))
+    return table
+
+
+def _cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def comparison_markdown(table: dict[str, Any], columns: Sequence[str] = tuple(COLUMNS)) -> str:
+    """The comparison as a Markdown table, one row per model (– where a model predicts nothing)."""
+    k = table["k"]
+    keys = [c.format(k=k) for c in columns]
+    header = ["model", "initialisation", "steps", *(COLUMNS[c].format(k=k) for c in columns)]
+    lines = [
+        "# Model comparison",
+        "",
+        f"Database `{table['db']}` (split {table['split']}, {table['n_images']} images); every image "
+        f"queries all others. Machine: {table['machine']}.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(["---"] * 3 + ["---:"] * len(keys)) + " |",
+    ]
+    for row in table["models"]:
+        cells = [row["name"], row["initialisation"], str(row["steps"])]
+        cells += [_cell(row["metrics"].get(key)) for key in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

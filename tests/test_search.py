@@ -1,0 +1,104 @@
+"""The query command: hits against a numpy brute force over the saved index, and its predictions."""
+
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from test_evaluate import PIXEL_SIZE, SIZE, shared_run
+
+from rockir_jax import search
+from rockir_jax.checkpoint import restore_variables
+from rockir_jax.data.metadata import read_image
+from rockir_jax.models import build_model
+from rockir_jax.retrieval import evaluate, load_index, save_index
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(data root, run, saved index of the held-out db_test images)."""
+    root, _, run = shared_run(tmp_path_factory)
+    out = tmp_path_factory.mktemp("eval")
+    evaluate.evaluate(evaluate.load_workdir(run), root, out, figures=0, batch_size=8)
+    return root, run, out / "index"
+
+
+def parse_hits(printed: str) -> list[tuple[int, float, str, str, str]]:
+    rows = [
+        line.split() for line in printed.splitlines() if line.split()[:1] != [] and line.split()[0].isdigit()
+    ]
+    return [(int(r), float(d), s, res, p) for r, d, s, res, p in rows]
+
+
+def reference_regression(run, image_path) -> np.ndarray:
+    """The DSNN's regression output on one image, straight from the checkpoint on one device."""
+    model = build_model("dsnn", "resnet18")
+    variables, _ = restore_variables(run / "checkpoints")
+    image = (read_image(image_path, SIZE).astype(np.float32) / 255.0 - 0.5) / 0.5
+    embed = jax.jit(lambda v, x: model.apply(v, x, method=model.embed))
+    return np.asarray(embed(jax.device_get(variables), image[None])["reg"][0], np.float64)
+
+
+def test_saved_index_hits_match_brute_force(setup, tmp_path, capsys, monkeypatch):
+    root, run, index_dir = setup
+    index = load_index(index_dir)
+    query_row = 5
+    query = index.paths[query_row]
+    embedded_sizes = []
+    embed_table = evaluate.embed_table
+    monkeypatch.setattr(
+        evaluate, "embed_table", lambda model, table, *a, **kw: embedded_sizes.append(len(table)) or
+        embed_table(model, table, *a, **kw)
+    )  # fmt: skip
+    figure = tmp_path / "query.png"
+    search.main(["--workdir", str(run), "--db", str(index_dir), "--query", query, "-k", "6",
+                 "--metadata", str(root / "metadata.csv"), "--figure", str(figure)])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert embedded_sizes == [1]  # only the query: the database came from the saved index
+
+    x = index.embeddings.astype(np.float64)
+    distances = np.sum((x - x[query_row]) ** 2, axis=1)
+    distances[query_row] = np.inf  # the query's own file is not a hit
+    expected = np.argsort(distances)[:6]
+    hits = parse_hits(printed)
+    assert [h[0] for h in hits] == [1, 2, 3, 4, 5, 6]
+    assert [h[4] for h in hits] == [index.paths[r] for r in expected]
+    assert [h[2] for h in hits] == [index.samples[r] for r in expected]
+    np.testing.assert_allclose([h[1] for h in hits], distances[expected], rtol=1e-4, atol=1e-5)
+
+    reg = reference_regression(run, query)
+    porosity = float(printed.split("predicted porosity: ")[1].split()[0])
+    permeability = float(printed.split("predicted permeability: ")[1].split()[0])
+    assert porosity == pytest.approx(reg[0], rel=1e-4, abs=1e-6)
+    assert permeability == pytest.approx(10 ** (5 * reg[1]) * PIXEL_SIZE**2, rel=1e-4)
+    assert f"(pixel size {PIXEL_SIZE:g})" in printed and figure.stat().st_size > 0
+
+
+def test_folder_database_and_unknown_pixel_size(setup, capsys):
+    root, run, _ = setup
+    query = sorted((root / "train" / "BBB002").iterdir())[0]  # not in db_test
+    search.main(["--workdir", str(run), "--db", str(root), "--query", str(query), "-k", "3"])
+    printed = capsys.readouterr().out
+    assert "sample BBB002, reservoir BBB" in printed
+    assert "scaled: the pixel size is unknown" in printed
+    assert len(parse_hits(printed)) == 3
+    search.main(["--workdir", str(run), "--db", str(root), "--query", str(query), "-k", "2",
+                 "--pixel-size", "3"])  # fmt: skip
+    reg = reference_regression(run, query)
+    printed = capsys.readouterr().out
+    permeability = float(printed.split("predicted permeability: ")[1].split()[0])
+    assert permeability == pytest.approx(10 ** (5 * reg[1]) * 9.0, rel=1e-4)
+
+
+def test_index_of_another_model_is_refused(setup, tmp_path):
+    root, run, index_dir = setup
+    other = tmp_path / "other"
+    shutil.copytree(index_dir, other)
+    index = load_index(other)
+    index.model["step"] = 1
+    save_index(other, index)
+    query = sorted((root / "db_test").iterdir())[0]
+    with pytest.raises(SystemExit, match="not comparable"):
+        search.main(["--workdir", str(run), "--db", str(other), "--query", str(query)])
+    with pytest.raises(SystemExit, match="no such query image"):
+        search.main(["--workdir", str(run), "--db", str(index_dir), "--query", str(tmp_path / "x.png")])
