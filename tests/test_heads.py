@@ -158,3 +158,40 @@ def test_siamese_net_similarity_and_embedding():
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+def test_import_script_assembles_a_full_dsnn(tmp_path):
+    """The original's four files (backbones saved as DDP-wrapped ``nn.Sequential``) → one DSNN."""
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    if not SIAM_PT.exists():
+        pytest.skip(f"{FIXTURES} not present")
+    from scripts.import_rockir_checkpoint import main
+
+    backbones = {}
+    for branch, seed in (("image", 0), ("rock", 1)):
+        torch.manual_seed(seed)
+        resnet = torchvision.models.resnet18(weights=None).eval()
+        sequential = torch.nn.Sequential(*list(resnet.children())[:-2])
+        torch.save({f"module.{k}": v for k, v in sequential.state_dict().items()}, tmp_path / f"{branch}.pt")
+        backbones[branch] = sequential
+    out = tmp_path / "dsnn"
+    arguments = ["--image", tmp_path / "image.pt", "--rock", tmp_path / "rock.pt"]
+    arguments += ["--siam", SIAM_PT, "--reg", REG_PT, "--out", out]
+    assert main([str(a) for a in arguments]) == 0
+
+    variables = porting.load_variables(out)
+    x = np.random.default_rng(5).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    x_flipped = np.ascontiguousarray(x[::-1])
+    with torch.no_grad():
+        h = [
+            backbones[b](torch.from_numpy(xi.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
+            for b in ("image", "rock")
+            for xi in (x, x_flipped)
+        ]
+    expected = reference_head(
+        porting.import_rockir_heads(SIAM_PT, REG_PT)[0]["params"], *[v.astype(np.float64) for v in h]
+    )
+    outputs = DSNN("resnet18").apply(variables, x, x_flipped)
+    np.testing.assert_allclose(outputs["p"], expected[0][:, 0], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(outputs["p_rock"], expected[2][:, 0], rtol=1e-4, atol=1e-6)
