@@ -1,0 +1,576 @@
+"""Speed benchmarks, measured side by side in one run: train step, k-NN search, input pipeline, embedding.
+
+Every comparison runs in the same process run on the same machine, with repetitions interleaved
+(ours, reference, ours, reference, ...) so that load from other processes hits both sides alike, and is
+reported as medians and ratios:
+
+1. **train**: DSNN pairs/s of the jitted sharded step on a fixed device-resident batch against an eager
+   PyTorch version of the original's step (two torchvision ResNet-18 trunks, gated and regression heads,
+   BCE + smooth-L1 loss, ``AdamW(amsgrad=True)``), written here from DESIGN.md §1.
+2. **search**: queries/s of :class:`~rockir_jax.retrieval.KnnIndex` against ``faiss.IndexFlatL2`` at its
+   best: BLAS threshold lowered, and its bundled OpenBLAS with and without ``OPENBLAS_CORETYPE=SkylakeX``.
+   OpenBLAS reads that variable when it loads, so each FAISS setting lives in its own worker process
+   (:func:`faiss_worker`) that the benchmark drives trial by trial over a pipe.
+3. **pipeline**: grain training pairs/s (0 and N workers) against the train step's consumption.
+4. **embed**: images/s of the sharded DSNN embedding step.
+
+torch and faiss are optional: without them (or with ``torch=False`` / ``faiss=False``) the rows carry no
+reference and say so.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from rockir_jax import data
+from rockir_jax import step as step_lib
+from rockir_jax.losses import dsnn_loss
+from rockir_jax.models import build_model
+from rockir_jax.optim import adamw_amsgrad
+from rockir_jax.retrieval import KnnIndex
+
+GFLOP_PER_PAIR_224 = 42.6
+"""DSNN training FLOPs per pair at 224² (4 ResNet-18 passes, forward + backward); DESIGN.md §5."""
+FAISS_CORETYPES = ("default", "SkylakeX")
+FAISS_BLAS_THRESHOLD = 20
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """What to measure; :func:`quick_config` and :func:`full_config` are the two presets."""
+
+    image_sizes: tuple[int, ...] = (128,)
+    batch: int = 8
+    dtype: str = "float32"
+    repeats: int = 5
+    queries: tuple[int, ...] = (1000, 100, 1)
+    database: int = 100_000
+    dim: int = 512
+    k: int = 10
+    search_repeats: int = 5
+    embed_batch: int = 32
+    pipeline_batches: int = 20
+    pipeline_workers: tuple[int, ...] = (0, 2)
+    data_root: str = str(REPO_ROOT / "datasets" / "synthetic_rocks")
+    peak_tflops: float | None = None
+    num_devices: int = 0
+    """devices of the data-parallel mesh (and of the search's database shards); 0 = all."""
+    torch: bool = True
+    faiss: bool = True
+    seed: int = 0
+
+    def mesh(self) -> Mesh:
+        """The 1-D ``data`` mesh over the first :attr:`num_devices` devices."""
+        return step_lib.make_mesh(jax.devices()[: self.num_devices or None])
+
+
+def quick_config(**overrides: Any) -> BenchConfig:
+    """CPU quick mode: 128² only, 5 repetitions (< 5 minutes on 2 cores)."""
+    return dataclasses.replace(BenchConfig(), **overrides)
+
+
+def full_config(**overrides: Any) -> BenchConfig:
+    """Full mode: 128² and 224², more repetitions and pipeline batches."""
+    base = BenchConfig(image_sizes=(128, 224), repeats=9, search_repeats=9, pipeline_batches=50)
+    return dataclasses.replace(base, **overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One line of the results table: ours against a reference, both medians in ``unit``."""
+
+    benchmark: str
+    setting: str
+    ours: float
+    unit: str
+    reference: str = ""
+    reference_value: float | None = None
+    note: str = ""
+    agreement: float | None = None
+    """search only: the smallest fraction of queries whose top-k sets match the reference's."""
+
+    @property
+    def ratio(self) -> float | None:
+        """ours / reference (higher is better for every unit used here)."""
+        if self.reference_value is None or self.reference_value <= 0:
+            return None
+        return self.ours / self.reference_value
+
+
+# ---------------------------------------------------------------------------------------------- timing
+
+
+def interleaved_times(trials: Mapping[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of ``repeats`` calls of each trial, alternating between trials every round.
+
+    Each trial is called once beforehand (compilation, allocator and cache warm-up), untimed; the
+    warm-ups run in parallel threads because XLA compiles mostly on one core and dominates short runs.
+    """
+    with concurrent.futures.ThreadPoolExecutor(len(trials)) as pool:
+        list(pool.map(lambda trial: trial(), trials.values()))
+    times: dict[str, list[float]] = {name: [] for name in trials}
+    for _ in range(repeats):
+        for name, trial in trials.items():
+            start = time.perf_counter()
+            trial()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median(values: Sequence[float]) -> float:
+    """Median of ``values``."""
+    return float(statistics.median(values))
+
+
+# ------------------------------------------------------------------------------------------ train step
+
+
+def pair_batch(batch: int, image_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A fixed random batch of DSNN training pairs (NHWC images, labels, regression targets)."""
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(-1, 1, (2, batch, image_size, image_size, 3)).astype(np.float32)
+    return {
+        "image0": images[0],
+        "image1": images[1],
+        "same_sample": rng.integers(0, 2, batch).astype(np.float32),
+        "same_meta": rng.integers(0, 2, batch).astype(np.float32),
+        "targets0": rng.uniform(0, 1, (batch, 2)).astype(np.float32),
+        "targets1": rng.uniform(0, 1, (batch, 2)).astype(np.float32),
+    }
+
+
+def jax_dsnn(dtype: str, image_size: int, seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
+    """The DSNN-ResNet-18 (computation in ``dtype``, float32 parameters) and its initial variables."""
+    model = build_model("dsnn", "resnet18", axis_name=step_lib.DATA_AXIS, dtype=jnp.dtype(dtype))
+    return model, step_lib.init_variables(model, jax.random.key(seed), image_size)
+
+
+def jax_train_trial(
+    model: nn.Module, variables: Mapping[str, Any], batch: Mapping[str, np.ndarray], mesh: Mesh
+) -> Callable[[], None]:
+    """One call = one jitted sharded DSNN train step on a device-resident batch, waited for."""
+    step_lib.check_divisible(len(batch["image0"]), mesh)
+    # The step donates its state: copy, so the caller's variables (shared with the embed trial) survive.
+    own = jax.tree.map(jnp.copy, variables)
+    state = step_lib.create_train_state(model, own, adamw_amsgrad(1e-5, weight_decay=1e-5))
+    holder = {"state": step_lib.replicate(state, mesh)}
+    device_batch = step_lib.shard_batch(batch, mesh)
+    train_step = step_lib.make_train_step(mesh, dsnn_loss)
+
+    def trial() -> None:
+        # The state is donated: keep the new one for the next call.
+        holder["state"], metrics = train_step(holder["state"], device_batch)
+        jax.block_until_ready(metrics)
+
+    return trial
+
+
+def torch_dsnn() -> Any:
+    """The original's DSNN in PyTorch (DESIGN.md §1): the model the reference step trains."""
+    import torch
+    import torchvision
+
+    nn = torch.nn
+
+    def trunk() -> nn.Module:
+        # resnet18 without avgpool and fc: the 512 x h x w feature map.
+        return nn.Sequential(*list(torchvision.models.resnet18(weights=None).children())[:-2])
+
+    class DSNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.image, self.rock = trunk(), trunk()
+            self.fc_out_image, self.fc_out_rock = nn.Linear(512, 1), nn.Linear(512, 1)
+            self.fc_fusion, self.fc_fusion2, self.fc_fusion3 = (
+                nn.Linear(1024, 32),
+                nn.Linear(32, 16),
+                nn.Linear(16, 2),
+            )
+            self.fc_out = nn.Linear(512, 1)
+            self.reg_fc, self.reg_por, self.reg_perm = nn.Linear(512, 64), nn.Linear(64, 1), nn.Linear(64, 1)
+
+        def regression(self, h):
+            x = torch.relu(self.reg_fc(h.mean((2, 3))))
+            return torch.cat([self.reg_por(x), self.reg_perm(x)], dim=1)
+
+        def forward(self, x0, x1):
+            h1, h2, h3, h4 = self.image(x0), self.image(x1), self.rock(x0), self.rock(x1)
+            w1, w2 = (h1 - h2).abs().mean((2, 3)), (h3 - h4).abs().mean((2, 3))
+            p_img, p_rock = torch.sigmoid(self.fc_out_image(w1)), torch.sigmoid(self.fc_out_rock(w2))
+            g = torch.relu(self.fc_fusion(torch.cat([w1, w2], dim=1)))
+            g = torch.relu(self.fc_fusion3(torch.relu(self.fc_fusion2(g))))
+            s = torch.softmax(g, dim=1)
+            w = (w1 * s[:, 0:1] + w2 * s[:, 1:2]) / 2
+            return torch.sigmoid(self.fc_out(w)), p_img, p_rock, self.regression(h3), self.regression(h4)
+
+    return DSNN()
+
+
+def torch_train_trial(batch: Mapping[str, np.ndarray], threads: int, seed: int = 0) -> Callable[[], None]:
+    """One call = one eager PyTorch step of the original: forward, composite loss, backward, AdamW."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model = torch_dsnn().train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=1e-5, amsgrad=True)
+    bce, smooth_l1 = torch.nn.BCELoss(), torch.nn.SmoothL1Loss()
+    t = {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in batch.items()}
+    x0, x1 = (t[key].permute(0, 3, 1, 2).contiguous() for key in ("image0", "image1"))
+    same_sample, same_meta = t["same_sample"][:, None], t["same_meta"][:, None]
+
+    def trial() -> None:
+        optimizer.zero_grad()
+        p, p_img, p_rock, reg0, reg1 = model(x0, x1)
+        loss_reg = smooth_l1(reg0, t["targets0"]) + smooth_l1(reg1, t["targets1"])
+        loss = (
+            bce(p, same_sample * same_meta) + bce(p_img, same_sample) + bce(p_rock, same_meta) + 10 * loss_reg
+        )
+        loss.backward()
+        optimizer.step()
+
+    return trial
+
+
+def jax_embed_trial(
+    model: nn.Module, variables: Mapping[str, Any], images: np.ndarray, mesh: Mesh
+) -> Callable[[], None]:
+    """One call = the sharded DSNN embedding of ``images`` (NHWC), waited for."""
+    step_lib.check_divisible(len(images), mesh)
+    placed = step_lib.replicate(variables, mesh)
+    device_images = step_lib.shard_batch({"images": images}, mesh)["images"]
+    embed_step = step_lib.make_embed_step(mesh, model)
+    return lambda: jax.block_until_ready(embed_step(placed, device_images))
+
+
+def train_rows(config: BenchConfig, image_size: int, threads: int) -> list[Row]:
+    """Train-step and embedding rows at one image size (JAX, PyTorch and embedding trials interleaved)."""
+    batch = pair_batch(config.batch, image_size, config.seed)
+    mesh = config.mesh()
+    # One initialisation serves both JAX trials: its compilation is a good part of a short run.
+    model, variables = jax_dsnn(config.dtype, image_size, config.seed)
+    trials = {"jax": jax_train_trial(model, variables, batch, mesh)}
+    if config.torch and _importable("torch") and _importable("torchvision"):
+        trials["torch"] = torch_train_trial(batch, threads, config.seed)
+    embed_images = pair_batch(config.embed_batch, image_size, config.seed + 1)["image0"]
+    trials["embed"] = jax_embed_trial(model, variables, embed_images, mesh)
+    times = interleaved_times(trials, config.repeats)
+
+    pairs_per_s = {name: config.batch / median(times[name]) for name in ("jax", "torch") if name in times}
+    setting = f"{image_size}², batch {config.batch}, {config.dtype}"
+    note = _peak_note(pairs_per_s["jax"], image_size, config.peak_tflops)
+    has_torch = "torch" in pairs_per_s
+    return [
+        Row(
+            "train step",
+            setting,
+            pairs_per_s["jax"],
+            "pairs/s",
+            "PyTorch eager fp32" if has_torch else "",
+            pairs_per_s.get("torch"),
+            note if has_torch else f"{note}; PyTorch reference skipped",
+        ),
+        Row(
+            "embed",
+            f"{image_size}², batch {config.embed_batch}",
+            config.embed_batch / median(times["embed"]),
+            "images/s",
+        ),
+    ]
+
+
+def _peak_note(pairs_per_s: float, image_size: int, peak_tflops: float | None) -> str:
+    tflops = pairs_per_s * GFLOP_PER_PAIR_224 * (image_size / 224) ** 2 / 1e3
+    note = f"{tflops:.3g} TFLOP/s"
+    if peak_tflops:
+        note += f" = {tflops / peak_tflops:.1%} of {peak_tflops:g} TFLOP/s peak"
+    return note
+
+
+# ---------------------------------------------------------------------------------------------- search
+
+
+def search_data(n: int, dim: int, n_queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A random float32 database and queries (standard normal)."""
+    rng = np.random.default_rng(seed)
+    return (
+        rng.standard_normal((n, dim), dtype=np.float32),
+        rng.standard_normal((n_queries, dim), dtype=np.float32),
+    )
+
+
+def faiss_worker() -> None:
+    """FAISS side of the search benchmark, run in its own process (``OPENBLAS_CORETYPE`` set or not).
+
+    argv: database .npy, queries .npy, k. Builds ``IndexFlatL2`` with the BLAS threshold lowered, then
+    answers one JSON line per request line ``{"n": queries}`` with the trial's seconds and, when asked
+    (``"ids": true``), the indices found.
+    """
+    import faiss
+
+    faiss.cvar.distance_compute_blas_threshold = FAISS_BLAS_THRESHOLD
+    database, queries, k = np.load(sys.argv[1]), np.load(sys.argv[2]), int(sys.argv[3])
+    index = faiss.IndexFlatL2(database.shape[1])
+    index.add(database)
+    print(json.dumps({"ready": True, "threads": faiss.omp_get_max_threads()}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        batch = np.ascontiguousarray(queries[: request["n"]])
+        start = time.perf_counter()
+        _, ids = index.search(batch, k)
+        reply: dict[str, Any] = {"seconds": time.perf_counter() - start}
+        if request.get("ids"):
+            reply["ids"] = ids.tolist()
+        print(json.dumps(reply), flush=True)
+
+
+class FaissProcess:
+    """A :func:`faiss_worker` subprocess with one OpenBLAS core type; call it like a trial."""
+
+    def __init__(self, database_path: Path, queries_path: Path, k: int, coretype: str):
+        env = dict(os.environ)
+        env.pop("OPENBLAS_CORETYPE", None)
+        if coretype != "default":
+            env["OPENBLAS_CORETYPE"] = coretype
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        code = "from rockir_jax.benchmark import faiss_worker; faiss_worker()"
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", code, str(database_path), str(queries_path), str(k)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+
+    def wait_ready(self) -> FaissProcess:
+        """Waits until the index is built (workers start in parallel, then each is waited for)."""
+        self.threads = self._read()["threads"]
+        return self
+
+    def _read(self) -> dict[str, Any]:
+        line = self._process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"FAISS worker exited with {self._process.wait()}")
+        return json.loads(line)
+
+    def search(self, n: int, ids: bool = False) -> dict[str, Any]:
+        """Times one search of the first ``n`` queries in the worker."""
+        self._process.stdin.write(json.dumps({"n": n, "ids": ids}) + "\n")
+        self._process.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        """Ends the worker (end of input) and waits for it."""
+        self._process.stdin.close()
+        self._process.wait(timeout=60)
+
+
+def same_sets_fraction(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of rows whose sets of indices are identical (order ignored)."""
+    return float(np.mean([set(x) == set(y) for x, y in zip(a.tolist(), b.tolist(), strict=True)]))
+
+
+def search_rows(config: BenchConfig) -> list[Row]:
+    """Search rows: KnnIndex against the faster FAISS setting per query count, trials interleaved."""
+    database, queries = search_data(config.database, config.dim, max(config.queries), config.seed)
+    index = KnnIndex(database, mesh=config.mesh())
+    jax.block_until_ready(index._placed.vectors)
+    use_faiss = config.faiss and _importable("faiss")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="rockir_bench_") as tmp:
+        workers = {}
+        if use_faiss:
+            np.save(Path(tmp) / "db.npy", database)
+            np.save(Path(tmp) / "q.npy", queries)
+            started = {
+                coretype: FaissProcess(Path(tmp) / "db.npy", Path(tmp) / "q.npy", config.k, coretype)
+                for coretype in FAISS_CORETYPES
+            }
+            workers = {coretype: worker.wait_ready() for coretype, worker in started.items()}
+        try:
+            for n in config.queries:
+                rows.append(_search_row(config, index, queries[:n], workers))
+        finally:
+            for worker in workers.values():
+                worker.close()
+    return rows
+
+
+def _search_row(config: BenchConfig, index: KnnIndex, queries: np.ndarray, workers) -> Row:
+    n = len(queries)
+    jax_ids = index.search(queries, config.k)[1]
+    agreement = {
+        name: same_sets_fraction(jax_ids, np.asarray(w.search(n, ids=True)["ids"]))
+        for name, w in workers.items()
+    }
+    times: dict[str, list[float]] = {"jax": [], **{name: [] for name in workers}}
+    for _ in range(config.search_repeats):
+        start = time.perf_counter()
+        index.search(queries, config.k)
+        times["jax"].append(time.perf_counter() - start)
+        for name, worker in workers.items():
+            times[name].append(worker.search(n)["seconds"])
+    setting = f"{n} queries, {config.database:,}×{config.dim}, k={config.k}"
+    ours = n / median(times["jax"])
+    if not workers:
+        return Row("search", setting, ours, "queries/s", note="FAISS reference skipped")
+    per_setting = {name: n / median(times[name]) for name in workers}
+    best = max(per_setting, key=per_setting.get)
+    note = ", ".join(f"FAISS {name} {qps:,.0f}/s" for name, qps in per_setting.items())
+    note += "; top-10 sets identical: " + ", ".join(
+        f"{frac:.1%} ({name})" for name, frac in agreement.items()
+    )
+    return Row(
+        "search",
+        setting,
+        ours,
+        "queries/s",
+        f"FAISS best ({best})",
+        per_setting[best],
+        note,
+        agreement=min(agreement.values()),
+    )
+
+
+# -------------------------------------------------------------------------------------------- pipeline
+
+
+def pipeline_rows(config: BenchConfig, image_size: int, step_pairs_per_s: float) -> list[Row]:
+    """Input-pipeline pairs/s with each worker count, against the train step's consumption."""
+    root = Path(config.data_root)
+    index = data.index_dataset(root, root / "metadata.csv")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="rockir_bench_tfds_") as cache:
+        source = data.load_split(data.prepare(index, image_size, cache), "train")
+        for workers in config.pipeline_workers:
+            rate = data.measure_pairs_per_second(source, config.batch, workers, config.pipeline_batches)
+            rows.append(
+                Row(
+                    "pipeline",
+                    f"{image_size}², batch {config.batch}, {workers} workers",
+                    rate,
+                    "pairs/s",
+                    "train step consumption",
+                    step_pairs_per_s,
+                )
+            )
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- run
+
+
+def run(config: BenchConfig) -> list[Row]:
+    """All benchmarks of ``config``; rows in table order."""
+    threads = cpu_count()
+    rows: list[Row] = []
+    for size in config.image_sizes:
+        size_rows = train_rows(config, size, threads)
+        rows += size_rows
+        rows += pipeline_rows(config, size, size_rows[0].ours)
+    rows += search_rows(config)
+    return rows
+
+
+def cpu_count() -> int:
+    """Cores this process may use (the affinity mask, not the machine's total)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def machine_info() -> dict[str, str]:
+    """CPU model, cores, AVX-512 support, JAX device kind and count, library versions."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+        platform.processor() or "unknown",
+    )
+    versions = {"jax": jax.__version__, **{name: _version(name) for name in ("torch", "faiss")}}
+    return {
+        "cpu": model,
+        "cores": str(cpu_count()),
+        "avx512": "yes" if "avx512f" in cpuinfo else "no",
+        "device_kind": jax.devices()[0].device_kind,
+        "devices": str(jax.device_count()),
+        "versions": ", ".join(f"{k} {v}" for k, v in versions.items() if v),
+    }
+
+
+def _version(module: str) -> str:
+    if not _importable(module):
+        return ""
+    return str(getattr(__import__(module), "__version__", "?"))
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """The rows as a Markdown table (medians; ratio = ours / reference)."""
+    lines = [
+        "| benchmark | setting | ours (median) | reference | reference (median) | ratio | notes |",
+        "|---|---|---:|---|---:|---:|---|",
+    ]
+    for row in rows:
+        ref_value = "" if row.reference_value is None else f"{row.reference_value:,.4g} {row.unit}"
+        ratio = "" if row.ratio is None else f"{row.ratio:.2f}×"
+        lines.append(
+            f"| {row.benchmark} | {row.setting} | {row.ours:,.4g} {row.unit} | {row.reference} | "
+            f"{ref_value} | {ratio} | {row.note} |"
+        )
+    return "\n".join(lines)
+
+
+def format_report(rows: Sequence[Row], info: Mapping[str, str], command: str, elapsed_s: float) -> str:
+    """A dated Markdown block for docs/BENCHMARKS.md: machine, device, command and the table."""
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        f"## {now}\n\n"
+        f"- machine: {info['cpu']}, {info['cores']} cores, AVX-512: {info['avx512']}\n"
+        f"- device kind: {info['device_kind']} ({info['devices']} device(s)); {info['versions']}\n"
+        f"- command: `{command}` ({elapsed_s:.0f} s)\n\n"
+        f"{format_table(rows)}\n"
+    )
+
+
+BENCHMARKS_HEADER = """# Benchmarks
+
+Written by `scripts/benchmark.py`: each block is one run, every comparison measured side by side with
+repetitions interleaved; figures are medians, ratio = ours / reference (> 1 means rockir_jax is faster).
+Absolute numbers on a shared machine are noisy; the ratios are what the run compares.
+"""
+
+
+def append_report(path: str | Path, report: str) -> None:
+    """Appends ``report`` to the Markdown file at ``path``, creating it with its header if needed."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else BENCHMARKS_HEADER
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.rstrip("\n") + "\n\n" + report)
+
+
+def rows_as_json(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """The rows as JSON-ready dicts, ratio included."""
+    return [dataclasses.asdict(row) | {"ratio": row.ratio} for row in rows]

@@ -1,0 +1,84 @@
+"""Smoke test of the benchmark at tiny sizes: the table's structure and top-k agreement, never timings."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from rockir_jax import benchmark
+
+HAS_TORCH = all(importlib.util.find_spec(m) is not None for m in ("torch", "torchvision"))
+HAS_FAISS = importlib.util.find_spec("faiss") is not None
+
+
+@pytest.fixture(scope="module")
+def rows():
+    config = benchmark.quick_config(
+        image_sizes=(32,),
+        batch=8,
+        repeats=2,
+        search_repeats=2,
+        queries=(10, 1),
+        database=2_000,
+        dim=64,
+        embed_batch=8,
+        pipeline_batches=2,
+        pipeline_workers=(0,),
+        num_devices=1,
+    )
+    return benchmark.run(config)
+
+
+def test_rows_cover_every_benchmark(rows):
+    assert [(r.benchmark, r.setting.split(",")[0]) for r in rows] == [
+        ("train step", "32²"),
+        ("embed", "32²"),
+        ("pipeline", "32²"),
+        ("search", "10 queries"),
+        ("search", "1 queries"),
+    ]
+    assert all(r.ours > 0 for r in rows)
+    assert {r.unit for r in rows} == {"pairs/s", "images/s", "queries/s"}
+    pipeline = rows[2]
+    assert pipeline.reference_value == rows[0].ours
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")
+def test_train_step_has_pytorch_reference(rows):
+    train = rows[0]
+    assert train.reference_value > 0
+    assert train.ratio == pytest.approx(train.ours / train.reference_value)
+
+
+@pytest.mark.skipif(not HAS_FAISS, reason="faiss not installed")
+def test_search_top_k_sets_match_faiss(rows):
+    for row in rows[3:]:
+        assert row.reference.startswith("FAISS best")
+        assert row.agreement == 1.0
+
+
+def test_table_and_report(rows, tmp_path):
+    table = benchmark.format_table(rows)
+    lines = table.splitlines()
+    assert len(lines) == len(rows) + 2
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+    info = benchmark.machine_info()
+    out = tmp_path / "BENCHMARKS.md"
+    for _ in range(2):
+        benchmark.append_report(out, benchmark.format_report(rows, info, "python scripts/benchmark.py", 1.0))
+    text = out.read_text()
+    assert text.startswith("# Benchmarks") and text.count("\n## ") == 2
+    assert info["device_kind"] in text
+
+
+def test_same_sets_fraction_ignores_order():
+    a = np.array([[1, 2, 3], [4, 5, 6]])
+    assert benchmark.same_sets_fraction(a, a[:, ::-1]) == 1.0
+    assert benchmark.same_sets_fraction(a, np.array([[3, 2, 1], [4, 5, 7]])) == 0.5
+
+
+def test_interleaved_times_alternates():
+    calls = []
+    times = benchmark.interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2)
+    assert sorted(calls[:2]) == ["a", "b"] and calls[2:] == ["a", "b", "a", "b"]
+    assert [len(v) for v in times.values()] == [2, 2]
