@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from rockir_jax import data
+from rockir_jax import data, runtime
 from rockir_jax import step as step_lib
 from rockir_jax.losses import dsnn_loss
 from rockir_jax.models import build_model
@@ -482,7 +482,7 @@ def pipeline_rows(config: BenchConfig, image_size: int, step_pairs_per_s: float)
 
 def run(config: BenchConfig) -> list[Row]:
     """All benchmarks of ``config``; rows in table order."""
-    threads = cpu_count()
+    threads = runtime.cpu_count()
     rows: list[Row] = []
     for size in config.image_sizes:
         size_rows = train_rows(config, size, threads)
@@ -490,11 +490,6 @@ def run(config: BenchConfig) -> list[Row]:
         rows += pipeline_rows(config, size, size_rows[0].ours)
     rows += search_rows(config)
     return rows
-
-
-def cpu_count() -> int:
-    """Cores this process may use (the affinity mask, not the machine's total)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def machine_info() -> dict[str, str]:
@@ -507,7 +502,7 @@ def machine_info() -> dict[str, str]:
     versions = {"jax": jax.__version__, **{name: _version(name) for name in ("torch", "faiss")}}
     return {
         "cpu": model,
-        "cores": str(cpu_count()),
+        "cores": str(runtime.cpu_count()),
         "avx512": "yes" if "avx512f" in cpuinfo else "no",
         "device_kind": jax.devices()[0].device_kind,
         "devices": str(jax.device_count()),

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rockir_jax import runtime
 from rockir_jax.data.metadata import (
     DataValidationError,
     check_image,
@@ -200,6 +201,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    runtime.set_up_command_line_run()
     try:
         model = evaluate.model_from_arguments(args)
         index = open_database(model, args.db, args.metadata, args.split, args.batch_size)

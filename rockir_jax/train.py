@@ -27,7 +27,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from rockir_jax import data, losses, porting
+from rockir_jax import data, losses, porting, runtime
 from rockir_jax import step as step_lib
 from rockir_jax.checkpoint import Checkpointer
 from rockir_jax.metrics_log import MetricsLog
@@ -224,9 +224,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # Compiled programs are reused across runs and resumes (the first compile takes a minute on CPU).
-    if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", str(Path("~/.cache/rockir_jax/xla").expanduser()))
+    runtime.set_up_command_line_run()
     maybe_initialize_distributed()
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)

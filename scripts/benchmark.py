@@ -12,6 +12,8 @@ import shlex
 import sys
 import time
 
+import jax
+
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -28,6 +30,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--database", type=int, help="database rows (default 100000)")
     parser.add_argument("--dim", type=int, help="vector dimension (default 512)")
     parser.add_argument("--num-devices", type=int, help="devices of the mesh (default 0 = all)")
+    parser.add_argument(
+        "--cpu-devices", type=int, help="JAX devices the host CPU is split into (default: one per core)"
+    )
     parser.add_argument("--peak-tflops", type=float, help="the device's peak for the chosen dtype")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     parser.add_argument("--no-faiss", action="store_true", help="skip the FAISS reference")
@@ -40,7 +45,12 @@ def main(argv: list[str]) -> None:
     args = parse_args(argv)
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
-    from rockir_jax import benchmark  # after XLA_FLAGS: JAX reads them once
+    from rockir_jax import benchmark, runtime  # after XLA_FLAGS: JAX reads them once
+
+    if args.cpu_devices:
+        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+    else:
+        runtime.use_one_cpu_device_per_core()
 
     overrides = {
         key: value

@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from rockir_jax import runtime
 from rockir_jax.data.metadata import DataValidationError
 from rockir_jax.retrieval import compare, evaluate
 
@@ -40,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    runtime.set_up_command_line_run()
     try:
         compare.compare_models(
             evaluate.load_config(args.config),

@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from rockir_jax import runtime
 from rockir_jax.data.metadata import DataValidationError
 from rockir_jax.retrieval import evaluate
 
@@ -40,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    runtime.set_up_command_line_run()
     try:
         model = evaluate.model_from_arguments(args)
         report = evaluate.evaluate(

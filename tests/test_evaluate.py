@@ -211,3 +211,13 @@ def test_vanilla_uses_the_ported_backbone(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, model.variables, backbone)
     with pytest.raises(porting.PortingError, match="does not fit"):
         evaluate.load_vanilla("resnet34", SIZE, tmp_path / "weights")
+
+
+def test_json_report_writes_undefined_numbers_as_null():
+    report = {"r2": float("nan"), "rows": [{"mae": float("inf"), "n": 3}], "ok": np.float64(0.5)}
+
+    def reject(constant):
+        raise ValueError(f"non-JSON constant {constant}")
+
+    parsed = json.loads(evaluate.json_text(report), parse_constant=reject)
+    assert parsed == {"r2": None, "rows": [{"mae": None, "n": 3}], "ok": 0.5}

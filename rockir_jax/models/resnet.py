@@ -15,6 +15,8 @@ from typing import Literal
 import flax.linen as nn
 import jax.numpy as jnp
 
+from rockir_jax.models.pooling import max_pool
+
 Output = Literal["logits", "pooled", "feature_map"]
 
 STAGE_SIZES = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
@@ -85,7 +87,7 @@ class ResNet(nn.Module):
         x = x.astype(self.dtype)
         x = conv(STAGE_WIDTHS[0], (7, 7), 2, padding=3, name="conv1")(x)
         x = nn.relu(norm(name="bn1")(x))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = max_pool(x, window=3, stride=2, padding=1)
         for stage, (num_blocks, width) in enumerate(zip(self.stage_sizes, STAGE_WIDTHS, strict=True)):
             for block in range(num_blocks):
                 strides = 2 if stage > 0 and block == 0 else 1

@@ -10,7 +10,6 @@ baseline at the same input size, by :func:`rockir_jax.retrieval.evaluate.evaluat
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import time
@@ -156,7 +155,7 @@ def compare_models(
         "models": rows,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "comparison.json").write_text(json.dumps(table, indent=2) + "\n")
+    (out / "comparison.json").write_text(evaluate.json_text(table))
     (out / "comparison.md").write_text(comparison_markdown(table))
     return table
 

@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -424,6 +425,24 @@ def write_figures(
     return paths
 
 
+def json_text(report: Any) -> str:
+    """``report`` as indented JSON, undefined numbers (e.g. R² of constant targets) as ``null``.
+
+    ``json.dumps`` would write them as ``NaN``, which is not JSON and breaks strict readers.
+    """
+
+    def finite(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(item) for item in value]
+        return value
+
+    return json.dumps(finite(report), indent=2, allow_nan=False) + "\n"
+
+
 def evaluate(
     model: LoadedModel,
     db: str | Path,
@@ -445,7 +464,7 @@ def evaluate(
     save_index(out / "index", index)
     report = {"db": str(Path(db).absolute()), "split": split} | summary(index, k)
     report["metrics"] = evaluate_index(index, k)
-    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "metrics.json").write_text(json_text(report))
     (out / "metrics.md").write_text(metrics_markdown(report))
     write_figures(index, figure_rows(index, figures), out, perm_unit)
     return report

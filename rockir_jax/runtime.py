@@ -1,0 +1,48 @@
+"""Process set-up shared by the command-line tools: CPU devices and the XLA compilation cache."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import jax
+
+COMPILATION_CACHE = Path("~/.cache/rockir_jax/xla")
+
+
+def cpu_count() -> int:
+    """Cores this process may use (the affinity mask, not the machine's total)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def use_one_cpu_device_per_core() -> None:
+    """Makes the host CPU one JAX device per core; call before the first JAX computation.
+
+    XLA:CPU runs every convolution with 64 input or output channels (ResNet's stem and first stage)
+    on a single thread, so a one-device CPU run leaves the other cores mostly idle there. One device
+    per core turns them into data parallelism, which the sharded steps already do: measured on 2
+    cores, the DSNN train step went from 2.41 to 2.86 pairs/s at 224² (docs/BENCHMARKS.md). A device
+    count the user chose (``XLA_FLAGS=--xla_force_host_platform_device_count``, ``jax_num_cpu_devices``)
+    is kept, and GPU or TPU runs are unaffected (their devices are not CPU devices).
+    """
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    if jax.config.jax_num_cpu_devices != -1:
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", cpu_count())
+    except RuntimeError:
+        logging.warning("JAX is already running: keeping its CPU devices (%d)", len(jax.devices("cpu")))
+
+
+def enable_compilation_cache() -> None:
+    """Reuses compiled programs across runs and resumes (the first compile takes a minute on CPU)."""
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(COMPILATION_CACHE.expanduser()))
+
+
+def set_up_command_line_run() -> None:
+    """What every entry point does first: one CPU device per core and the compilation cache."""
+    use_one_cpu_device_per_core()
+    enable_compilation_cache()
