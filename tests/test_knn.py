@@ -144,3 +144,36 @@ def test_invalid_k_and_inputs():
     bad[3, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         KnnIndex(bad)
+
+
+def test_bfloat16_screen_error_stays_within_its_bound():
+    rng = np.random.default_rng(9)
+    database = (rng.normal(size=(500, 64)) * rng.uniform(0.1, 3.0, size=(500, 1))).astype(np.float32)
+    queries = rng.normal(size=(40, 64)).astype(np.float32)
+    rounded = lambda v: np.asarray(jnp.asarray(v).astype(jnp.bfloat16).astype(jnp.float32), np.float64)
+    # float64 references: the screen sees bfloat16-rounded operands, the true score does not.
+    screened = rounded(queries) @ rounded(database).T
+    true = queries.astype(np.float64) @ database.astype(np.float64).T
+    max_norm = jnp.asarray(np.linalg.norm(database, axis=1).max(), jnp.float32)
+    bound = np.asarray(knn_module._screening_bound(jnp.asarray(queries), max_norm), np.float64)
+    error = np.abs(2 * (screened - true)).max(axis=1)  # scores are ‖x‖² - 2 q·x
+    assert np.all(error <= bound)
+    assert np.all(error >= bound / 200), "bound far looser than the rounding it covers"
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+def test_near_duplicates_fail_the_screen_and_stay_exact(devices):
+    # Rows closer together than the bfloat16 screen can resolve (its bound here is about 0.5, the
+    # distances about 0.3): it cannot verify, and the float32 path must answer.
+    rng = np.random.default_rng(10)
+    base = rng.normal(size=(1, 64)).astype(np.float32)
+    database = (base + 0.05 * rng.normal(size=(2000, 64))).astype(np.float32)
+    queries = (base + 0.05 * rng.normal(size=(knn_module.SCREEN_MIN_QUERIES + 8, 64))).astype(np.float32)
+    dist, idx = knn(queries, database, 10, mesh=default_mesh(jax.devices()[:devices]))
+    _check(queries, database, dist, idx, 10)
+
+
+def test_screened_search_on_spread_out_rows_is_exact():
+    queries, database = _data(6000, knn_module.SCREEN_MIN_QUERIES + 5, seed=11)
+    dist, idx = knn(queries, database, 10, mesh=default_mesh(jax.devices()[:1]))
+    _check(queries, database, dist, idx, 10)
