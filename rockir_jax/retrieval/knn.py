@@ -116,8 +116,9 @@ def _screening_bound(queries: jax.Array, max_norm: jax.Array) -> jax.Array:
     # Two operand roundings, then a float32 sum of ``dim`` products of the rounded operands.
     c = 2 * u + u * u + dim * 2.0**-24 * (1 + u) ** 2
     q_norm = jnp.linalg.norm(queries, axis=1)
-    # Slack for the float32 arithmetic of the screened score and of the exact distances.
-    slack = 2.0**-20 * jnp.square(q_norm + max_norm)
+    # Slack for the float32 arithmetic of the screened score and of the exact distances: a float32
+    # sum of ``dim`` terms errs by at most ``dim·2⁻²⁴`` of their total, here at most (‖q‖ + max‖x‖)².
+    slack = 2 * dim * 2.0**-24 * jnp.square(q_norm + max_norm)
     return 2 * c * q_norm * max_norm + slack
 
 
