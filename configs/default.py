@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.scale_learning_rate_by_devices = False
     config.weight_decay = 1e-5
     config.seed = 0
-    config.num_devices = 0  # devices of the data-parallel mesh; 0 = all
+    config.num_devices = 0  # devices of the data-parallel mesh; 0 = the most that split the batch evenly
     config.loss_weights = (1.0, 1.0, 1.0, 10.0)  # fused, image, metadata, regression
 
     config.data = ml_collections.ConfigDict()

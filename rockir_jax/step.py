@@ -38,6 +38,24 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def data_parallel_devices(
+    devices: Sequence[jax.Device], global_batch_size: int, requested: int = 0
+) -> list[jax.Device]:
+    """The devices a training mesh uses: the first ``requested``, or with 0 the most that split the batch.
+
+    With ``requested=0`` a single-process run takes the largest count, at most ``len(devices)``, that
+    divides ``global_batch_size`` (one CPU device per core on a 6-core host still trains a batch of 16,
+    on 4 devices); a multi-process run takes every device, since whole hosts cannot be left out.
+    """
+    devices = list(devices)
+    if requested:
+        return devices[:requested]
+    if jax.process_count() > 1:
+        return devices
+    count = max(n for n in range(1, len(devices) + 1) if global_batch_size % n == 0)
+    return devices[:count]
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Places a pytree on every device of ``mesh``."""
     return jax.device_put(tree, NamedSharding(mesh, P()))

@@ -114,7 +114,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint); returns the final state."""
     workdir = Path(workdir)
     is_chief = jax.process_index() == 0
-    mesh = step_lib.make_mesh(jax.devices()[: config.num_devices or None])
+    devices = step_lib.data_parallel_devices(jax.devices(), config.global_batch_size, config.num_devices)
+    if len(devices) < len(jax.devices()) and not config.num_devices:
+        print(
+            f"training on {len(devices)} of {len(jax.devices())} devices: the most that split a batch of "
+            f"{config.global_batch_size} evenly"
+        )
+    mesh = step_lib.make_mesh(devices)
     step_lib.check_divisible(config.global_batch_size, mesh)
     sources = _prepare_data(config)
     if is_chief:

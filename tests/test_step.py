@@ -103,3 +103,14 @@ def test_gradients_reach_every_parameter(stepped):
 def test_uneven_global_batch_is_a_clear_error():
     with pytest.raises(ValueError, match="does not divide evenly over 8 devices"):
         step.check_divisible(12, step.make_mesh())
+
+
+@pytest.mark.parametrize(("batch", "expected"), [(16, 8), (12, 6), (7, 7), (9, 3), (11, 1)])
+def test_training_takes_the_most_devices_that_split_the_batch(batch, expected):
+    devices = jax.devices()
+    assert len(devices) == 8
+    assert step.data_parallel_devices(devices, batch) == devices[:expected]
+
+
+def test_a_requested_device_count_is_taken_as_is():
+    assert len(step.data_parallel_devices(jax.devices(), 16, requested=5)) == 5
