@@ -269,6 +269,7 @@ def test_command_line_overrides_and_bad_data_refusal(tmp_path):
 
 
 def test_uneven_global_batch_is_refused(toy_without_val, cache, tmp_path):
+    # With num_devices=0 training would take the 6 of 8 devices that split 12 pairs; asking for 8 is refused.
     with pytest.raises(ValueError, match="global_batch_size=12 does not divide evenly over 8 devices"):
-        config = tiny_config(toy_without_val, cache, global_batch_size=12, num_devices=0)
+        config = tiny_config(toy_without_val, cache, global_batch_size=12, num_devices=8)
         train.train_and_evaluate(config, tmp_path)
