@@ -21,7 +21,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.scale_learning_rate_by_devices = False
     config.weight_decay = 1e-5
     config.seed = 0
-    config.num_devices = 0  # devices of the data-parallel mesh; 0 = the most that split the batch evenly
+    config.num_devices = 0  # devices to train on; 0 = the most that split the batch evenly
+    # DSNN: the image and rock backbones on separate halves of an even device count (rockir_jax.parallel);
+    # False, or an odd count, runs both on every device (data parallel).
+    config.branch_parallel = True
     config.loss_weights = (1.0, 1.0, 1.0, 10.0)  # fused, image, metadata, regression
 
     config.data = ml_collections.ConfigDict()

@@ -4,8 +4,9 @@ Every comparison runs in the same process run on the same machine, with repetiti
 (ours, reference, ours, reference, ...) so that load from other processes hits both sides alike, and is
 reported as medians and ratios:
 
-1. **train**: DSNN pairs/s of the jitted sharded step on a fixed device-resident batch against an eager
-   PyTorch version of the original's step (two torchvision ResNet-18 trunks, gated and regression heads,
+1. **train**: DSNN pairs/s of the jitted sharded step on a fixed device-resident batch, branch parallel
+   (what training uses on an even device count) and data parallel (:mod:`rockir_jax.parallel`), against an
+   eager PyTorch version of the original's step (two torchvision ResNet-18 trunks, gated and regression heads,
    BCE + smooth-L1 loss, ``AdamW(amsgrad=True)``), written here from DESIGN.md §1.
 2. **search**: queries/s of :class:`~rockir_jax.retrieval.KnnIndex` against ``faiss.IndexFlatL2`` at its
    best: BLAS threshold lowered, and its bundled OpenBLAS with and without ``OPENBLAS_CORETYPE=SkylakeX``.
@@ -41,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from rockir_jax import data, runtime
+from rockir_jax import data, parallel, runtime
 from rockir_jax import step as step_lib
 from rockir_jax.losses import dsnn_loss
 from rockir_jax.models import build_model
@@ -81,7 +82,10 @@ class BenchConfig:
 
     def mesh(self) -> Mesh:
         """The 1-D ``data`` mesh over the first :attr:`num_devices` devices."""
-        return step_lib.make_mesh(jax.devices()[: self.num_devices or None])
+        return step_lib.make_mesh(self.devices())
+
+    def devices(self) -> list[jax.Device]:
+        return jax.devices()[: self.num_devices or None]
 
 
 def quick_config(**overrides: Any) -> BenchConfig:
@@ -166,16 +170,15 @@ def jax_dsnn(dtype: str, image_size: int, seed: int = 0) -> tuple[nn.Module, dic
 
 
 def jax_train_trial(
-    model: nn.Module, variables: Mapping[str, Any], batch: Mapping[str, np.ndarray], mesh: Mesh
+    model: nn.Module, variables: Mapping[str, Any], batch: Mapping[str, np.ndarray], layout: parallel.Layout
 ) -> Callable[[], None]:
     """One call = one jitted sharded DSNN train step on a device-resident batch, waited for."""
-    step_lib.check_divisible(len(batch["image0"]), mesh)
     # The step donates its state: copy, so the caller's variables (shared with the embed trial) survive.
     own = jax.tree.map(jnp.copy, variables)
     state = step_lib.create_train_state(model, own, adamw_amsgrad(1e-5, weight_decay=1e-5))
-    holder = {"state": step_lib.replicate(state, mesh)}
-    device_batch = step_lib.shard_batch(batch, mesh)
-    train_step = step_lib.make_train_step(mesh, dsnn_loss)
+    holder = {"state": layout.place(state)}
+    device_batch = layout.shard_batch(batch)
+    train_step = layout.train_step(model, dsnn_loss)
 
     def trial() -> None:
         # The state is donated: keep the new one for the next call.
@@ -263,40 +266,54 @@ def jax_embed_trial(
     return lambda: jax.block_until_ready(embed_step(placed, device_images))
 
 
+def train_layouts(config: BenchConfig) -> dict[str, parallel.Layout]:
+    """The train step's layouts to measure: branch parallel (first) where the device count allows it,
+    and data parallel."""
+    devices = config.devices()
+    layouts = {"data parallel": parallel.plan(devices, config.batch, requested=len(devices))}
+    branch = parallel.plan(devices, config.batch, requested=len(devices), branch_parallel=True)
+    return {"branch parallel": branch, **layouts} if branch.branch_parallel else layouts
+
+
 def train_rows(config: BenchConfig, image_size: int, threads: int) -> list[Row]:
     """Train-step and embedding rows at one image size (JAX, PyTorch and embedding trials interleaved)."""
     batch = pair_batch(config.batch, image_size, config.seed)
-    mesh = config.mesh()
-    # One initialisation serves both JAX trials: its compilation is a good part of a short run.
+    layouts = train_layouts(config)
+    # One initialisation serves all JAX trials: its compilation is a good part of a short run.
     model, variables = jax_dsnn(config.dtype, image_size, config.seed)
-    trials = {"jax": jax_train_trial(model, variables, batch, mesh)}
+    trials = {name: jax_train_trial(model, variables, batch, layout) for name, layout in layouts.items()}
     if config.torch and _importable("torch") and _importable("torchvision"):
         trials["torch"] = torch_train_trial(batch, threads, config.seed)
     embed_images = pair_batch(config.embed_batch, image_size, config.seed + 1)["image0"]
-    trials["embed"] = jax_embed_trial(model, variables, embed_images, mesh)
+    trials["embed"] = jax_embed_trial(model, variables, embed_images, config.mesh())
     times = interleaved_times(trials, config.repeats)
 
-    pairs_per_s = {name: config.batch / median(times[name]) for name in ("jax", "torch") if name in times}
-    setting = f"{image_size}², batch {config.batch}, {config.dtype}"
-    note = _peak_note(pairs_per_s["jax"], image_size, config.peak_tflops)
-    has_torch = "torch" in pairs_per_s
-    return [
-        Row(
-            "train step",
-            setting,
-            pairs_per_s["jax"],
-            "pairs/s",
-            "PyTorch eager fp32" if has_torch else "",
-            pairs_per_s.get("torch"),
-            note if has_torch else f"{note}; PyTorch reference skipped",
-        ),
+    pairs_per_s = {name: config.batch / median(times[name]) for name in (*layouts, "torch") if name in times}
+    rows = []
+    for name, layout in layouts.items():
+        setting = f"{image_size}², batch {config.batch}, {config.dtype}, {name} on {layout.mesh.devices.size}"
+        note = _peak_note(pairs_per_s[name], image_size, config.peak_tflops)
+        has_torch = "torch" in pairs_per_s
+        rows.append(
+            Row(
+                "train step",
+                setting,
+                pairs_per_s[name],
+                "pairs/s",
+                "PyTorch eager fp32" if has_torch else "",
+                pairs_per_s.get("torch"),
+                note if has_torch else f"{note}; PyTorch reference skipped",
+            )
+        )
+    rows.append(
         Row(
             "embed",
             f"{image_size}², batch {config.embed_batch}",
             config.embed_batch / median(times["embed"]),
             "images/s",
-        ),
-    ]
+        )
+    )
+    return rows
 
 
 def _peak_note(pairs_per_s: float, image_size: int, peak_tflops: float | None) -> str:

@@ -27,7 +27,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from rockir_jax import data, losses, porting, runtime
+from rockir_jax import data, losses, parallel, porting, runtime
 from rockir_jax import step as step_lib
 from rockir_jax.checkpoint import Checkpointer
 from rockir_jax.metrics_log import MetricsLog
@@ -114,14 +114,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint); returns the final state."""
     workdir = Path(workdir)
     is_chief = jax.process_index() == 0
-    devices = step_lib.data_parallel_devices(jax.devices(), config.global_batch_size, config.num_devices)
-    if len(devices) < len(jax.devices()) and not config.num_devices:
-        print(
-            f"training on {len(devices)} of {len(jax.devices())} devices: the most that split a batch of "
-            f"{config.global_batch_size} evenly"
-        )
-    mesh = step_lib.make_mesh(devices)
-    step_lib.check_divisible(config.global_batch_size, mesh)
+    layout = parallel.plan(
+        jax.devices(),
+        config.global_batch_size,
+        requested=config.num_devices,
+        branch_parallel=config.branch_parallel and config.model == "dsnn",
+    )
+    if is_chief:
+        print(f"training on {layout.describe()}")
+        if layout.data_mesh.devices.size < len(jax.devices()) and not config.num_devices:
+            print(
+                f"(of {len(jax.devices())} devices: the most that split a batch of "
+                f"{config.global_batch_size} evenly)"
+            )
     sources = _prepare_data(config)
     if is_chief:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         dtype=jnp.dtype(config.dtype),
     )
     loss_fn = _loss_fn(config)
-    scale = mesh.devices.size if config.scale_learning_rate_by_devices else 1
+    scale = layout.data_mesh.devices.size if config.scale_learning_rate_by_devices else 1
     learning_rate = config.learning_rate * scale
     tx = adamw_amsgrad(learning_rate, weight_decay=config.weight_decay)
     state = step_lib.create_train_state(model, _initial_variables(model, config), tx)
@@ -152,17 +157,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         logging.info("resumed from step %d", int(state.step))
     if is_chief:
         log.truncate_after(int(state.step))
-    state = step_lib.replicate(state, mesh)
+    state = layout.place(state)
 
-    train_step = step_lib.make_train_step(mesh, loss_fn)
-    validate = Validator(config, mesh, model, loss_fn, sources) if "val" in sources else None
+    train_step = layout.train_step(model, loss_fn)
+    validate = Validator(config, layout.data_mesh, model, loss_fn, sources) if "val" in sources else None
     if validate is None:
         logging.warning("no val split in %s: training without validation", config.data.root)
 
     def evaluate_and_log(step: int) -> dict[str, float] | None:
         if validate is None:
             return None
-        metrics = validate(state)
+        metrics = validate(layout.canonical(state))
         if is_chief:
             log.write(step, "val", metrics)
             log.plot()
@@ -179,7 +184,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     step = first_step
     try:
         for step in range(first_step + 1, config.num_train_steps + 1):
-            batch = step_lib.shard_batch(next(train_iter), mesh)
+            batch = layout.shard_batch(next(train_iter))
             state, metrics = train_step(state, batch)
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
             if not np.isfinite(metrics["loss"]):
@@ -207,11 +212,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if step % config.eval_every_steps == 0 or step == config.num_train_steps:
                 eval_metrics = evaluate_and_log(step)
             if eval_metrics or step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
-                checkpointer.save(state, train_iter, eval_metrics)
+                checkpointer.save(layout.canonical(state), train_iter, eval_metrics)
     except KeyboardInterrupt:
         # Everything up to the last completed step is kept: the next run resumes from here.
         if step > first_step and checkpointer.latest_step() != step:
-            checkpointer.save(state, train_iter)
+            checkpointer.save(layout.canonical(state), train_iter)
         raise
     finally:
         progress.close()
@@ -220,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if is_chief:
         log.plot()
         print(f"done: {workdir}/metrics.jsonl, {log.curves_path}, checkpoints in {workdir}/checkpoints")
-    return state
+    return layout.canonical(state)
 
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)

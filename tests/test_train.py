@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from configs import default
-from rockir_jax import train
+from rockir_jax import parallel, train
 from rockir_jax.checkpoint import Checkpointer
 
 SIZE = 32
@@ -123,9 +123,9 @@ def test_training_learns_logs_and_keeps_checkpoints(tmp_path, cache):
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [20, 30]
 
 
-def _interrupt_after(monkeypatch, calls: int):
-    """Makes the trainer's train step raise on its ``calls + 1``-th call."""
-    make_train_step = train.step_lib.make_train_step
+def _interrupt_after(monkeypatch, calls: int, module=train.step_lib, factory="make_train_step"):
+    """Makes the train step built by ``module.factory`` raise on its ``calls + 1``-th call."""
+    make_train_step = getattr(module, factory)
 
     def interrupted(*args, **kwargs):
         train_step = make_train_step(*args, **kwargs)
@@ -140,7 +140,7 @@ def _interrupt_after(monkeypatch, calls: int):
 
         return step
 
-    monkeypatch.setattr(train.step_lib, "make_train_step", interrupted)
+    monkeypatch.setattr(module, factory, interrupted)
 
 
 def _assert_trees_equal(a, b):
@@ -199,6 +199,24 @@ def test_resume_after_sigkill_is_bit_identical(toy_without_val, cache, uninterru
     process.wait()
     train.train_and_evaluate(tiny_config(toy_without_val, cache, num_train_steps=6), workdir)
     _assert_trees_equal(final_state(workdir), final_state(uninterrupted))
+
+
+def test_branch_parallel_run_checkpoints_the_model_layout_and_resumes_bit_identical(
+    toy_without_val, cache, tmp_path, monkeypatch
+):
+    config = tiny_config(toy_without_val, cache, num_train_steps=4, num_devices=2)
+    assert config.branch_parallel
+    whole, crashed = tmp_path / "whole", tmp_path / "crashed"
+    train.train_and_evaluate(config, whole)
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, 3, module=parallel, factory="make_branch_train_step")
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train.train_and_evaluate(config, crashed)
+    assert Checkpointer(crashed / "checkpoints").latest_step() == 2
+    train.train_and_evaluate(config, crashed)
+    state = final_state(whole)
+    assert {"image_backbone", "rock_backbone", "head", "regression"} == set(state["params"])
+    _assert_trees_equal(final_state(crashed), state)
 
 
 def test_eight_devices_train_like_one(toy_without_val, cache, tmp_path):

@@ -21,6 +21,11 @@ def l2_normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
     return x / jnp.maximum(norm, eps)
 
 
+def backbone_features(backbone: nn.Module, images: jnp.ndarray, train: bool) -> jnp.ndarray:
+    """A backbone's float32 feature map ``(N, H/32, W/32, 512)``, what the heads compare."""
+    return backbone(images, train=train, output="feature_map").astype(jnp.float32)
+
+
 def _pool(feature_map: jnp.ndarray) -> jnp.ndarray:
     return jnp.mean(feature_map.astype(jnp.float32), axis=(1, 2))
 
@@ -41,23 +46,30 @@ class DSNN(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
-        make_backbone = lambda: build_resnet(self.backbone, axis_name=self.axis_name, dtype=self.dtype)
-        self.image_backbone = make_backbone()
-        self.rock_backbone = make_backbone()
+        self.image_backbone = self.backbone_module()
+        self.rock_backbone = self.backbone_module()
         self.head = GatedSiameseHead()
         self.regression = RegressionHead(num_extra_targets=self.num_extra_targets)
 
-    def _features(self, backbone: nn.Module, images: jnp.ndarray, train: bool) -> jnp.ndarray:
-        return backbone(images, train=train, output="feature_map").astype(jnp.float32)
+    @nn.nowrap
+    def backbone_module(self) -> nn.Module:
+        """A new, unbound ResNet of the shape both branches have (for steps that run one branch alone)."""
+        return build_resnet(self.backbone, axis_name=self.axis_name, dtype=self.dtype)
 
     def __call__(
         self, image0: jnp.ndarray, image1: jnp.ndarray, train: bool = False
     ) -> dict[str, jnp.ndarray]:
         """Similarities ``p``, ``p_img``, ``p_rock`` ``(N,)`` and regressions ``reg0``, ``reg1``."""
-        h1 = self._features(self.image_backbone, image0, train)
-        h2 = self._features(self.image_backbone, image1, train)
-        h3 = self._features(self.rock_backbone, image0, train)
-        h4 = self._features(self.rock_backbone, image1, train)
+        h1 = backbone_features(self.image_backbone, image0, train)
+        h2 = backbone_features(self.image_backbone, image1, train)
+        h3 = backbone_features(self.rock_backbone, image0, train)
+        h4 = backbone_features(self.rock_backbone, image1, train)
+        return self.heads(h1, h2, h3, h4)
+
+    def heads(
+        self, h1: jnp.ndarray, h2: jnp.ndarray, h3: jnp.ndarray, h4: jnp.ndarray
+    ) -> dict[str, jnp.ndarray]:
+        """The outputs from the four feature maps: image backbone on images 0/1, rock backbone on 0/1."""
         p, p_img, p_rock = self.head(h1, h2, h3, h4)
         return {
             "p": p[:, 0],
@@ -69,8 +81,8 @@ class DSNN(nn.Module):
 
     def embed(self, images: jnp.ndarray) -> dict[str, jnp.ndarray]:
         """``embedding = (normalize(f_img) + normalize(f_rock)) / 2`` of pooled features, and ``reg``."""
-        f_img = self._features(self.image_backbone, images, False)
-        f_rock = self._features(self.rock_backbone, images, False)
+        f_img = backbone_features(self.image_backbone, images, False)
+        f_rock = backbone_features(self.rock_backbone, images, False)
         embedding = (l2_normalize(_pool(f_img)) + l2_normalize(_pool(f_rock))) / 2
         return {"embedding": embedding, "reg": self.regression(f_rock)}
 
@@ -89,8 +101,8 @@ class SiameseNet(nn.Module):
     def __call__(
         self, image0: jnp.ndarray, image1: jnp.ndarray, train: bool = False
     ) -> dict[str, jnp.ndarray]:
-        h1 = self.image_backbone(image0, train=train, output="feature_map").astype(jnp.float32)
-        h2 = self.image_backbone(image1, train=train, output="feature_map").astype(jnp.float32)
+        h1 = backbone_features(self.image_backbone, image0, train)
+        h2 = backbone_features(self.image_backbone, image1, train)
         return {"p": self.head(h1, h2)[:, 0]}
 
     def embed(self, images: jnp.ndarray) -> dict[str, jnp.ndarray]:

@@ -1,0 +1,224 @@
+"""How a training run spreads over its devices: data parallelism, or branch parallelism for the DSNN.
+
+**Data parallel** (:mod:`rockir_jax.step`): a 1-D ``data`` mesh; every device runs all four backbone
+passes on its share of the batch, BatchNorm all-reduces per layer and every gradient is all-reduced.
+
+**Branch parallel** (DSNN only): a ``data`` × ``branch`` mesh of shape (N/2, 2). The devices of branch 0
+hold and train the image backbone, those of branch 1 the rock backbone, each on its ``data`` share of
+both images of every pair. Only the feature maps cross branches (one all-gather, whose transpose brings
+their gradients back); BatchNorm averages over ``data`` as before; the small heads are replicated. Each
+backbone's parameters and optimiser state live only on its branch's devices, so its gradients need no
+all-reduce over ``branch`` and each device updates half the parameters. The step computes what the
+data-parallel step computes (``tests/test_parallel.py``), with half the devices in each BatchNorm
+all-reduce: on two CPU cores it is the faster layout (docs/BENCHMARKS.md).
+
+In the branch-parallel training layout the two backbones' variables, and their optimiser moments, are
+stacked under ``"backbones"`` (leading axis 2, split over ``branch``). Checkpoints, validation and
+everything downstream use the model's own layout; :meth:`Layout.canonical` converts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from rockir_jax import step as step_lib
+from rockir_jax.models.dsnn import backbone_features
+from rockir_jax.step import DATA_AXIS, LossFn, TrainState
+
+BRANCH_AXIS = "branch"
+STACKED = "backbones"
+BRANCHES = ("image_backbone", "rock_backbone")
+
+
+def _has_branches(node: Any) -> bool:
+    return isinstance(node, Mapping) and all(name in node for name in BRANCHES)
+
+
+def _is_stacked(node: Any) -> bool:
+    return isinstance(node, Mapping) and STACKED in node
+
+
+def stack_backbones(tree: Any) -> Any:
+    """Every ``{image_backbone, rock_backbone, ...}`` dict in ``tree`` → ``{backbones: stacked, ...}``."""
+
+    def stack(node):
+        if not _has_branches(node):
+            return node
+        rest = {key: value for key, value in node.items() if key not in BRANCHES}
+        branches = [node[name] for name in BRANCHES]
+        return {STACKED: jax.tree.map(lambda *leaves: jnp.stack(leaves), *branches), **rest}
+
+    return jax.tree.map(stack, tree, is_leaf=_has_branches)
+
+
+def unstack_backbones(tree: Any) -> Any:
+    """The inverse of :func:`stack_backbones`: the model's own layout."""
+
+    def unstack(node):
+        if not _is_stacked(node):
+            return node
+        rest = {key: value for key, value in node.items() if key != STACKED}
+        branches = {
+            name: jax.tree.map(lambda leaf, i=i: leaf[i], node[STACKED]) for i, name in enumerate(BRANCHES)
+        }
+        return {**branches, **rest}
+
+    return jax.tree.map(unstack, tree, is_leaf=_is_stacked)
+
+
+def _shardings(tree: Any, mesh: Mesh) -> Any:
+    """Shardings of a branch-layout tree: stacked leaves split over ``branch``, the rest replicated."""
+
+    def sharding(path, _):
+        stacked = any(getattr(key, "key", None) == STACKED for key in path)
+        return NamedSharding(mesh, P(BRANCH_AXIS) if stacked else P())
+
+    return jax.tree_util.tree_map_with_path(sharding, tree)
+
+
+def _squared_norm(tree: Any) -> jnp.ndarray:
+    return sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(tree))
+
+
+def make_branch_train_step(
+    mesh: Mesh, model: nn.Module, loss_fn: LossFn
+) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict]]:
+    """``train_step(state, batch) -> (state, metrics)`` for a DSNN state in the branch layout (donated)."""
+    backbone = model.backbone_module()
+    branches = mesh.shape[BRANCH_AXIS]
+
+    def per_device(state: TrainState, batch):
+        own_params = jax.tree.map(lambda leaf: leaf[0], state.params[STACKED])
+        own_stats = jax.tree.map(lambda leaf: leaf[0], state.batch_stats[STACKED])
+        head_params = {key: value for key, value in state.params.items() if key != STACKED}
+
+        def compute_loss(own_params, head_params):
+            features, stats = [], own_stats
+            # Image 0 then image 1, each updating the running statistics, as the DSNN does.
+            for images in (batch["image0"], batch["image1"]):
+                feature_map, updates = backbone.apply(
+                    {"params": own_params, "batch_stats": stats},
+                    images,
+                    train=True,
+                    method=backbone_features,
+                    mutable=["batch_stats"],
+                )
+                features.append(feature_map)
+                stats = updates["batch_stats"]
+            # (branch, image, ...) = (h1, h2) from the image backbone, (h3, h4) from the rock backbone.
+            gathered = jax.lax.all_gather(jnp.stack(features), BRANCH_AXIS)
+            outputs = model.apply(
+                {"params": head_params}, *gathered.reshape(-1, *gathered.shape[2:]), method=model.heads
+            )
+            loss, terms = loss_fn(outputs, batch)
+            # Every branch computes the same loss; the all-gather's transpose sums the branches'
+            # feature gradients, so each counts 1/branches of it.
+            return loss / branches, (terms, stats)
+
+        (own_grads, head_grads), (terms, own_stats) = jax.grad(compute_loss, argnums=(0, 1), has_aux=True)(
+            own_params, head_params
+        )
+        head_grads = jax.lax.psum(head_grads, BRANCH_AXIS)
+        own_grads = jax.lax.pmean(own_grads, DATA_AXIS)
+        head_grads = jax.lax.pmean(head_grads, DATA_AXIS)
+        terms = jax.lax.pmean(terms, DATA_AXIS)
+        terms["grad_norm"] = jnp.sqrt(
+            jax.lax.psum(_squared_norm(own_grads), BRANCH_AXIS) + _squared_norm(head_grads)
+        )
+        add_branch_axis = lambda tree: jax.tree.map(lambda leaf: leaf[None], tree)
+        grads = {STACKED: add_branch_axis(own_grads), **head_grads}
+        batch_stats = {**state.batch_stats, STACKED: add_branch_axis(own_stats)}
+        return state.apply_gradients(grads=grads, batch_stats=batch_stats), terms
+
+    def specs(state: TrainState) -> Any:
+        return jax.tree.map(lambda sharding: sharding.spec, _shardings(state, mesh))
+
+    def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
+        sharded = jax.shard_map(
+            per_device,
+            mesh=mesh,
+            in_specs=(specs(state), P(DATA_AXIS)),
+            out_specs=(specs(state), P()),
+            check_vma=False,
+        )
+        return sharded(state, batch)
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """A training run's devices and how the train state lies on them.
+
+    Attributes:
+      mesh: the train step's mesh (``data``, or ``data`` × ``branch``).
+      data_mesh: a 1-D ``data`` mesh over the same devices, for validation and embedding.
+      branch_parallel: whether the DSNN's backbones are split over ``branch``.
+    """
+
+    mesh: Mesh
+    data_mesh: Mesh
+    branch_parallel: bool
+
+    def describe(self) -> str:
+        devices = self.mesh.devices.size
+        if self.branch_parallel:
+            return f"{devices} devices, branch parallel: each backbone on {devices // 2} of them"
+        return f"{devices} devices, data parallel"
+
+    def place(self, state: TrainState) -> TrainState:
+        """A state in the model's layout → the training layout, on the mesh."""
+        if not self.branch_parallel:
+            return step_lib.replicate(state, self.mesh)
+        stacked = stack_backbones(state)
+        return jax.device_put(stacked, _shardings(stacked, self.mesh))
+
+    def canonical(self, state: TrainState) -> TrainState:
+        """A training-layout state → the model's layout, replicated on :attr:`data_mesh`."""
+        if not self.branch_parallel:
+            return state
+        return jax.jit(unstack_backbones, out_shardings=NamedSharding(self.data_mesh, P()))(state)
+
+    def train_step(self, model: nn.Module, loss_fn: LossFn):
+        """The jitted train step for states from :meth:`place`."""
+        if self.branch_parallel:
+            return make_branch_train_step(self.mesh, model, loss_fn)
+        return step_lib.make_train_step(self.mesh, loss_fn)
+
+    def shard_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        """A global batch split over ``data`` (and repeated over ``branch``)."""
+        return step_lib.shard_batch(batch, self.mesh)
+
+
+def plan(
+    devices: Sequence[jax.Device],
+    global_batch_size: int,
+    *,
+    requested: int = 0,
+    branch_parallel: bool = False,
+) -> Layout:
+    """The layout of a run: which devices (see :func:`step.data_parallel_devices`) and how.
+
+    Branch parallelism needs an even device count; with an odd one (a single device, say) the run is
+    data parallel. ``requested`` devices are taken as they are.
+    """
+    chosen = step_lib.data_parallel_devices(devices, global_batch_size, requested)
+    data_mesh = step_lib.make_mesh(chosen)
+    step_lib.check_divisible(global_batch_size, data_mesh)
+    if branch_parallel and len(chosen) % 2 == 0:
+        branch_mesh = Mesh(
+            np.asarray(chosen).reshape(-1, 2),
+            (DATA_AXIS, BRANCH_AXIS),
+            axis_types=(jax.sharding.AxisType.Auto,) * 2,
+        )
+        return Layout(branch_mesh, data_mesh, branch_parallel=True)
+    return Layout(data_mesh, data_mesh, branch_parallel=False)
