@@ -51,6 +51,7 @@ def main(argv: list[str]) -> None:
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     else:
         runtime.use_one_cpu_device_per_core()
+    runtime.reuse_freed_memory()  # for the PyTorch reference in this process as much as for JAX
 
     overrides = {
         key: value
