@@ -63,6 +63,8 @@ class BenchConfig:
     image_sizes: tuple[int, ...] = (128,)
     batch: int = 8
     dtype: str = "float32"
+    conv_algorithms: tuple[str, ...] = ("auto",)
+    """the DSNN's 3×3 convolution algorithms to measure, each in every layout (ResNet.conv_algorithm)."""
     repeats: int = 5
     queries: tuple[int, ...] = (1000, 100, 1)
     database: int = 100_000
@@ -163,9 +165,17 @@ def pair_batch(batch: int, image_size: int, seed: int = 0) -> dict[str, np.ndarr
     }
 
 
-def jax_dsnn(dtype: str, image_size: int, seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
+def jax_dsnn(
+    dtype: str, image_size: int, seed: int = 0, conv_algorithm: str = "auto"
+) -> tuple[nn.Module, dict[str, Any]]:
     """The DSNN-ResNet-18 (computation in ``dtype``, float32 parameters) and its initial variables."""
-    model = build_model("dsnn", "resnet18", axis_name=step_lib.DATA_AXIS, dtype=jnp.dtype(dtype))
+    model = build_model(
+        "dsnn",
+        "resnet18",
+        axis_name=step_lib.DATA_AXIS,
+        dtype=jnp.dtype(dtype),
+        conv_algorithm=conv_algorithm,
+    )
     return model, step_lib.init_variables(model, jax.random.key(seed), image_size)
 
 
@@ -279,18 +289,31 @@ def train_rows(config: BenchConfig, image_size: int, threads: int) -> list[Row]:
     """Train-step and embedding rows at one image size (JAX, PyTorch and embedding trials interleaved)."""
     batch = pair_batch(config.batch, image_size, config.seed)
     layouts = train_layouts(config)
-    # One initialisation serves all JAX trials: its compilation is a good part of a short run.
-    model, variables = jax_dsnn(config.dtype, image_size, config.seed)
-    trials = {name: jax_train_trial(model, variables, batch, layout) for name, layout in layouts.items()}
+    # One initialisation serves all JAX trials (the algorithms share parameters): its compilation is a
+    # good part of a short run.
+    model, variables = jax_dsnn(config.dtype, image_size, config.seed, config.conv_algorithms[0])
+    trials, trial_layouts = {}, {}
+    for algorithm in config.conv_algorithms:
+        algorithm_model = model.clone(conv_algorithm=algorithm)
+        for layout_name, layout in layouts.items():
+            name = (
+                layout_name
+                if len(config.conv_algorithms) == 1
+                else f"{layout_name}, {algorithm} convolutions"
+            )
+            trials[name] = jax_train_trial(algorithm_model, variables, batch, layout)
+            trial_layouts[name] = layout
     if config.torch and _importable("torch") and _importable("torchvision"):
         trials["torch"] = torch_train_trial(batch, threads, config.seed)
     embed_images = pair_batch(config.embed_batch, image_size, config.seed + 1)["image0"]
     trials["embed"] = jax_embed_trial(model, variables, embed_images, config.mesh())
     times = interleaved_times(trials, config.repeats)
 
-    pairs_per_s = {name: config.batch / median(times[name]) for name in (*layouts, "torch") if name in times}
+    pairs_per_s = {
+        name: config.batch / median(times[name]) for name in (*trial_layouts, "torch") if name in times
+    }
     rows = []
-    for name, layout in layouts.items():
+    for name, layout in trial_layouts.items():
         setting = f"{image_size}², batch {config.batch}, {config.dtype}, {name} on {layout.mesh.devices.size}"
         note = _peak_note(pairs_per_s[name], image_size, config.peak_tflops)
         has_torch = "torch" in pairs_per_s

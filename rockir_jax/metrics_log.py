@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -10,6 +11,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+
+def _json_line(record: dict) -> str:
+    """Strict JSON: ``NaN`` and ``Infinity`` are not JSON, and jq or browsers refuse them."""
+    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+    return json.dumps(clean, allow_nan=False) + "\n"
 
 
 class MetricsLog:
@@ -20,8 +27,9 @@ class MetricsLog:
         self.curves_path = Path(workdir) / "curves.png"
 
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        """Appends one record; undefined values (NaN, e.g. R² of a constant target) are written as null."""
         with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
+            f.write(_json_line({"step": step, "split": split, **metrics}))
 
     def read(self) -> list[dict]:
         """All records; after a resume, a step logged twice keeps its last record."""
@@ -37,7 +45,7 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         """Drops records beyond ``step``: a resumed run logs those steps again."""
         kept = [r for r in self.read() if r["step"] <= step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.path.write_text("".join(_json_line(r) for r in kept))
 
     def plot(self) -> Path:
         """Loss terms, validation loss, retrieval mAP@k and metadata errors against step."""

@@ -138,6 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         num_extra_targets=len(config.data.extra_targets),
         axis_name=step_lib.DATA_AXIS,
         dtype=jnp.dtype(config.dtype),
+        conv_algorithm=config.conv_algorithm,
     )
     loss_fn = _loss_fn(config)
     scale = layout.data_mesh.devices.size if config.scale_learning_rate_by_devices else 1

@@ -25,6 +25,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, nargs="+", help="image sizes of the step benchmarks")
     parser.add_argument("--batch", type=int, help="global batch of pairs (default 8)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="JAX computation dtype")
+    parser.add_argument(
+        "--conv-algorithm",
+        nargs="+",
+        choices=["auto", "direct", "winograd"],
+        help="the DSNN's 3×3 convolutions; several are measured side by side (default auto)",
+    )
     parser.add_argument("--repeats", type=int, help="timed repetitions per step benchmark")
     parser.add_argument("--queries", type=int, nargs="+", help="query batch sizes (default 1000 100 1)")
     parser.add_argument("--database", type=int, help="database rows (default 100000)")
@@ -59,6 +65,7 @@ def main(argv: list[str]) -> None:
             "image_sizes": tuple(args.image_size) if args.image_size else None,
             "batch": args.batch,
             "dtype": args.dtype,
+            "conv_algorithms": tuple(args.conv_algorithm) if args.conv_algorithm else None,
             "repeats": args.repeats,
             "queries": tuple(args.queries) if args.queries else None,
             "database": args.database,

@@ -68,7 +68,8 @@ def test_eval_logits_and_pooled_match_torchvision(ported, height, width):
     assert _relative_error(pooled, pooled_ref) <= RTOL
 
 
-def test_public_api_resnet18_logits(ported):
+@pytest.mark.parametrize("conv_algorithm", ["auto", "direct", "winograd"])
+def test_public_api_resnet18_logits(ported, conv_algorithm):
     arch, model, variables = ported
     if arch != "resnet18":
         pytest.skip("the README example is ResNet-18")
@@ -76,7 +77,7 @@ def test_public_api_resnet18_logits(ported):
     model.eval()
     with torch.no_grad():
         reference = model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
-    logits = ResNet18(num_classes=1000).apply(variables, x, train=False)
+    logits = ResNet18(num_classes=1000, conv_algorithm=conv_algorithm).apply(variables, x, train=False)
     assert _relative_error(logits, reference) <= RTOL
 
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from rockir_jax.models.heads import GatedSiameseHead, RegressionHead, SiameseHead
 from rockir_jax.models.resnet import build_resnet
+from rockir_jax.models.winograd import ConvAlgorithm
 
 
 def l2_normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
@@ -38,12 +39,14 @@ class DSNN(nn.Module):
       num_extra_targets: regression outputs beyond porosity and log-permeability.
       axis_name: mesh axis for cross-device BatchNorm in training.
       dtype: computation dtype; parameters, statistics and heads' outputs stay float32.
+      conv_algorithm: the backbones' 3×3 convolutions (:class:`rockir_jax.models.ResNet`).
     """
 
     backbone: str = "resnet18"
     num_extra_targets: int = 0
     axis_name: str | None = None
     dtype: jnp.dtype = jnp.float32
+    conv_algorithm: ConvAlgorithm = "auto"
 
     def setup(self):
         self.image_backbone = self.backbone_module()
@@ -54,7 +57,9 @@ class DSNN(nn.Module):
     @nn.nowrap
     def backbone_module(self) -> nn.Module:
         """A new, unbound ResNet of the shape both branches have (for steps that run one branch alone)."""
-        return build_resnet(self.backbone, axis_name=self.axis_name, dtype=self.dtype)
+        return build_resnet(
+            self.backbone, axis_name=self.axis_name, dtype=self.dtype, conv_algorithm=self.conv_algorithm
+        )
 
     def __call__(
         self, image0: jnp.ndarray, image1: jnp.ndarray, train: bool = False
@@ -93,9 +98,12 @@ class SiameseNet(nn.Module):
     backbone: str = "resnet18"
     axis_name: str | None = None
     dtype: jnp.dtype = jnp.float32
+    conv_algorithm: ConvAlgorithm = "auto"
 
     def setup(self):
-        self.image_backbone = build_resnet(self.backbone, axis_name=self.axis_name, dtype=self.dtype)
+        self.image_backbone = build_resnet(
+            self.backbone, axis_name=self.axis_name, dtype=self.dtype, conv_algorithm=self.conv_algorithm
+        )
         self.head = SiameseHead()
 
     def __call__(
@@ -115,9 +123,12 @@ class VanillaNet(nn.Module):
 
     backbone: str = "resnet34"
     dtype: jnp.dtype = jnp.float32
+    conv_algorithm: ConvAlgorithm = "auto"
 
     def setup(self):
-        self.image_backbone = build_resnet(self.backbone, dtype=self.dtype)
+        self.image_backbone = build_resnet(
+            self.backbone, dtype=self.dtype, conv_algorithm=self.conv_algorithm
+        )
 
     def __call__(self, images: jnp.ndarray) -> dict[str, jnp.ndarray]:
         return self.embed(images)
@@ -134,12 +145,13 @@ def build_model(
     num_extra_targets: int = 0,
     axis_name: str | None = None,
     dtype: jnp.dtype = jnp.float32,
+    conv_algorithm: ConvAlgorithm = "auto",
 ) -> nn.Module:
     """``build_model("dsnn" | "siamese" | "vanilla", "resnet18" | "resnet34", ...)``."""
     if model == "dsnn":
-        return DSNN(backbone, num_extra_targets, axis_name, dtype)
+        return DSNN(backbone, num_extra_targets, axis_name, dtype, conv_algorithm)
     if model == "siamese":
-        return SiameseNet(backbone, axis_name, dtype)
+        return SiameseNet(backbone, axis_name, dtype, conv_algorithm)
     if model == "vanilla":
-        return VanillaNet(backbone, dtype)
+        return VanillaNet(backbone, dtype, conv_algorithm)
     raise ValueError(f"unknown model {model!r}; choose 'dsnn', 'siamese' or 'vanilla'")

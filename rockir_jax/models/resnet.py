@@ -15,6 +15,7 @@ from typing import Literal
 import flax.linen as nn
 import jax.numpy as jnp
 
+from rockir_jax.models import winograd
 from rockir_jax.models.pooling import max_pool
 
 Output = Literal["logits", "pooled", "feature_map"]
@@ -24,6 +25,25 @@ STAGE_WIDTHS = (64, 128, 256, 512)
 FEATURE_DIM = STAGE_WIDTHS[-1]
 
 
+class WinogradConv3x3(nn.Module):
+    """A bias-free 3×3, stride-1, padding-1 convolution by Winograd F(2×2, 3×3), with ``nn.Conv``'s parameter.
+
+    Same ``kernel`` name, shape (HWIO) and initialiser as ``nn.Conv``, so checkpoints and ported weights
+    do not depend on the algorithm.
+    """
+
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features), jnp.float32
+        )
+        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+        return winograd.conv3x3(x, kernel)
+
+
 class BasicBlock(nn.Module):
     """torchvision's ``BasicBlock``: two 3×3 convolutions and an optional 1×1 projection."""
 
@@ -31,13 +51,21 @@ class BasicBlock(nn.Module):
     strides: int
     conv: type[nn.Conv]
     norm: type[nn.BatchNorm]
+    winograd_conv: type[WinogradConv3x3] | None = None
+    """Runs the 3×3 stride-1 convolutions when set."""
+
+    @nn.nowrap
+    def conv3x3(self, strides: int, name: str) -> nn.Module:
+        if strides == 1 and self.winograd_conv is not None:
+            return self.winograd_conv(self.features, name=name)
+        return self.conv(self.features, (3, 3), strides, padding=1, name=name)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         residual = x
-        y = self.conv(self.features, (3, 3), self.strides, padding=1, name="conv1")(x)
+        y = self.conv3x3(self.strides, "conv1")(x)
         y = nn.relu(self.norm(name="bn1")(y))
-        y = self.conv(self.features, (3, 3), 1, padding=1, name="conv2")(y)
+        y = self.conv3x3(1, "conv2")(y)
         y = self.norm(name="bn2")(y)
         if self.strides != 1 or x.shape[-1] != self.features:
             residual = self.conv(self.features, (1, 1), self.strides, padding=0, name="downsample_conv")(x)
@@ -54,12 +82,16 @@ class ResNet(nn.Module):
       axis_name: mesh axis over which BatchNorm averages batch statistics in training
         (cross-device BatchNorm inside ``shard_map``); ``None`` keeps them per device.
       dtype: computation dtype (parameters and BatchNorm statistics stay float32).
+      conv_algorithm: ``"direct"``, ``"winograd"`` (F(2×2, 3×3), for the 3×3 stride-1 convolutions) or
+        ``"auto"``: Winograd where it is faster, float32 on CPU from 128 channels
+        (:func:`rockir_jax.models.winograd.use_winograd`).
     """
 
     stage_sizes: Sequence[int]
     num_classes: int | None = None
     axis_name: str | None = None
     dtype: jnp.dtype = jnp.float32
+    conv_algorithm: winograd.ConvAlgorithm = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False, output: Output | None = None) -> jnp.ndarray:
@@ -75,6 +107,7 @@ class ResNet(nn.Module):
         if output is None:
             output = "pooled" if self.num_classes is None else "logits"
         conv = partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        winograd_conv = partial(WinogradConv3x3, dtype=self.dtype)
         # torch momentum 0.1 is flax momentum 0.9
         norm = partial(
             nn.BatchNorm,
@@ -91,7 +124,10 @@ class ResNet(nn.Module):
         for stage, (num_blocks, width) in enumerate(zip(self.stage_sizes, STAGE_WIDTHS, strict=True)):
             for block in range(num_blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(width, strides, conv, norm, name=f"layer{stage + 1}_{block}")(x)
+                fast_conv = (
+                    winograd_conv if winograd.use_winograd(self.conv_algorithm, width, self.dtype) else None
+                )
+                x = BasicBlock(width, strides, conv, norm, fast_conv, name=f"layer{stage + 1}_{block}")(x)
         if output == "feature_map":
             return x
         x = jnp.mean(x, axis=(1, 2))

@@ -114,7 +114,11 @@ def load_trained(
     variables, step = restore_variables(checkpoint_dir, step)
     extra = tuple(config.data.extra_targets)
     module = build_model(
-        config.model, config.backbone, num_extra_targets=len(extra), dtype=jnp.dtype(config.dtype)
+        config.model,
+        config.backbone,
+        num_extra_targets=len(extra),
+        dtype=jnp.dtype(config.dtype),
+        conv_algorithm=config.get("conv_algorithm", "auto"),  # runs saved before the option had none
     )
     identity = {
         "model": config.model,

@@ -1,0 +1,157 @@
+"""Winograd F(2×2, 3×3) convolution: the 3×3 stride-1 convolutions of a ResNet with 2.25× fewer multiplies.
+
+Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR 2016). Each 2×2 output tile
+comes from a 4×4 input tile ``d`` as ``Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A``: the input tiles and the kernel
+``g`` are transformed, multiplied position by position (16 matrix products over channels instead of 9
+per output pixel, for 4 pixels at once) and transformed back. The gradients are Winograd
+convolutions too: the input gradient is the same algorithm on the flipped, transposed kernel, and the
+kernel gradient is one matrix product per tile position, so no weight-gradient convolution (and none
+of the layout transposes XLA:CPU wraps around it) is left.
+
+On XLA:CPU the matrix products run at the convolutions' FLOP rate from 128 channels on, so stages 2–4
+of a ResNet train faster (measured in docs/BENCHMARKS.md); with 64 channels they are memory bound and
+the direct convolution stays faster. Accelerators have their own tuned convolution algorithms (cuDNN
+picks Winograd itself where it pays), and in bfloat16 the transforms' rounding would grow, so
+:func:`use_winograd` limits it to float32 on CPU. The results differ from a direct convolution only
+by float32 rounding (about 1e-6 relative).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ConvAlgorithm = Literal["auto", "direct", "winograd"]
+
+MIN_CHANNELS = 128
+"""Narrower convolutions keep the direct algorithm ("auto"): below it the products are memory bound."""
+
+# Bᵀ, G and Aᵀ of F(2×2, 3×3) (Lavin and Gray, section 4.1).
+_INPUT_TRANSFORM = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
+_KERNEL_TRANSFORM = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
+_OUTPUT_TRANSFORM = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
+# G·J = P·G for the 3×3 flip J and the swap P of rows 0 and 3, so the transformed flipped kernel is the
+# transformed kernel with tile positions 0 and 3 swapped in both dimensions.
+_SWAP = (3, 1, 2, 0)
+_FLIPPED_POSITIONS = np.array([4 * _SWAP[u] + _SWAP[v] for u in range(4) for v in range(4)])
+
+
+def use_winograd(algorithm: ConvAlgorithm, channels: int, dtype: jnp.dtype) -> bool:
+    """Whether a 3×3 stride-1 convolution with ``channels`` inputs runs as Winograd.
+
+    ``"auto"`` picks it on the CPU backend for float32 and at least :data:`MIN_CHANNELS` channels.
+    """
+    if algorithm == "direct":
+        return False
+    if algorithm == "winograd":
+        return True
+    if algorithm != "auto":
+        raise ValueError(f"conv_algorithm must be 'auto', 'direct' or 'winograd', got {algorithm!r}")
+    return jax.default_backend() == "cpu" and jnp.dtype(dtype) == jnp.float32 and channels >= MIN_CHANNELS
+
+
+def _combine(items: Sequence, matrix: np.ndarray) -> list:
+    """``out[u] = Σ_a matrix[u, a] · items[a]`` for a small constant matrix; items are arrays or lists.
+
+    Written as adds of the nonzero terms (the transforms' entries are 0, ±1 and ±½) so that XLA fuses
+    each transform into one elementwise pass instead of running tiny matrix products.
+    """
+    out = []
+    for row in matrix:
+        total = None
+        for coefficient, item in zip(row, items, strict=True):
+            if coefficient == 0:
+                continue
+            term = jax.tree.map(lambda a, c=float(coefficient): a if c == 1 else a * c, item)
+            total = term if total is None else jax.tree.map(jnp.add, total, term)
+        out.append(total)
+    return out
+
+
+def _transform_2d(tiles: list[list[jnp.ndarray]], matrix: np.ndarray) -> jnp.ndarray:
+    """``matrix · tiles · matrixᵀ`` over the two tile dimensions, flattened to ``(positions, ...)``."""
+    rows = _combine(tiles, matrix)
+    return jnp.stack([entry for row in rows for entry in _combine(row, matrix)])
+
+
+def _num_tiles(height: int, width: int) -> tuple[int, int]:
+    return -(-height // 2), -(-width // 2)
+
+
+def _input_tiles(x: jnp.ndarray) -> jnp.ndarray:
+    """``Bᵀ d B`` of every 4×4 input tile (stride 2, padding 1): ``(16, N·tiles, C)``."""
+    n, height, width, channels = x.shape
+    rows, cols = _num_tiles(height, width)
+    padded = jnp.pad(x, ((0, 0), (1, 2 * rows + 1 - height), (1, 2 * cols + 1 - width), (0, 0)))
+    tiles = [[padded[:, a : a + 2 * rows : 2, b : b + 2 * cols : 2] for b in range(4)] for a in range(4)]
+    return _transform_2d(tiles, _INPUT_TRANSFORM).reshape(16, n * rows * cols, channels)
+
+
+def _output_from_tiles(products: jnp.ndarray, shape: tuple[int, int, int]) -> jnp.ndarray:
+    """``Aᵀ m A`` of every tile, assembled to ``(N, H, W, K)``."""
+    n, height, width = shape
+    rows, cols = _num_tiles(height, width)
+    products = products.reshape(4, 4, n, rows, cols, -1)
+    tiles = [[products[u, v] for v in range(4)] for u in range(4)]
+    out = _transform_2d(tiles, _OUTPUT_TRANSFORM).reshape(2, 2, n, rows, cols, -1)
+    out = out.transpose(2, 3, 0, 4, 1, 5).reshape(n, 2 * rows, 2 * cols, -1)
+    return out[:, :height, :width]
+
+
+def _output_tiles_transposed(grad: jnp.ndarray) -> jnp.ndarray:
+    """The transpose of :func:`_output_from_tiles`: ``A g Aᵀ`` of every 2×2 output tile."""
+    n, height, width, features = grad.shape
+    rows, cols = _num_tiles(height, width)
+    grad = jnp.pad(grad, ((0, 0), (0, 2 * rows - height), (0, 2 * cols - width), (0, 0)))
+    grad = grad.reshape(n, rows, 2, cols, 2, features)
+    tiles = [[grad[:, :, a, :, b] for b in range(2)] for a in range(2)]
+    return _transform_2d(tiles, _OUTPUT_TRANSFORM.T).reshape(16, n * rows * cols, features)
+
+
+def _kernel_tiles(kernel: jnp.ndarray) -> jnp.ndarray:
+    """``G g Gᵀ`` of an ``(3, 3, C, K)`` kernel: ``(16, C, K)``."""
+    return _transform_2d([[kernel[a, b] for b in range(3)] for a in range(3)], _KERNEL_TRANSFORM)
+
+
+def _kernel_tiles_transposed(grad: jnp.ndarray) -> jnp.ndarray:
+    """The transpose of :func:`_kernel_tiles`: ``Gᵀ u G`` back to ``(3, 3, C, K)``."""
+    tiles = [[grad[4 * u + v] for v in range(4)] for u in range(4)]
+    return _transform_2d(tiles, _KERNEL_TRANSFORM.T).reshape(3, 3, *grad.shape[1:])
+
+
+def _products(
+    input_tiles: jnp.ndarray, kernel_tiles: jnp.ndarray, transpose_kernel: bool = False
+) -> jnp.ndarray:
+    """The 16 matrix products over channels, one per tile position."""
+    return jnp.einsum("pmk,pck->pmc" if transpose_kernel else "pmc,pck->pmk", input_tiles, kernel_tiles)
+
+
+@jax.custom_vjp
+def conv3x3(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+    """A 3×3, stride-1, padding-1 convolution of NHWC ``x`` with an HWIO ``kernel``, by Winograd F(2×2, 3×3).
+
+    Equal to ``lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC",
+    "HWIO", "NHWC"))`` up to float rounding, for any height and width; differentiable in both arguments.
+    """
+    return _output_from_tiles(_products(_input_tiles(x), _kernel_tiles(kernel)), x.shape[:3])
+
+
+def _conv3x3_forward(x, kernel):
+    input_tiles, kernel_tiles = _input_tiles(x), _kernel_tiles(kernel)
+    y = _output_from_tiles(_products(input_tiles, kernel_tiles), x.shape[:3])
+    return y, (input_tiles, kernel_tiles)
+
+
+def _conv3x3_backward(residuals, grad):
+    input_tiles, kernel_tiles = residuals
+    flipped = kernel_tiles[_FLIPPED_POSITIONS]
+    grad_x = _output_from_tiles(_products(_input_tiles(grad), flipped, transpose_kernel=True), grad.shape[:3])
+    grad_kernel_tiles = jnp.einsum("pmc,pmk->pck", input_tiles, _output_tiles_transposed(grad))
+    return grad_x, _kernel_tiles_transposed(grad_kernel_tiles)
+
+
+conv3x3.defvjp(_conv3x3_forward, _conv3x3_backward)
