@@ -137,10 +137,12 @@ def conv3x3(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
     Equal to ``lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC",
     "HWIO", "NHWC"))`` up to float rounding, for any height and width; differentiable in both arguments.
     """
-    return _output_from_tiles(_products(_input_tiles(x), _kernel_tiles(kernel)), x.shape[:3])
+    return _conv3x3_forward(x, kernel)[0]
 
 
 def _conv3x3_forward(x, kernel):
+    # The kernel gradient needs the transformed input tiles (4× the input's size): kept rather than
+    # recomputed, which would cost another pass over the input per convolution.
     input_tiles, kernel_tiles = _input_tiles(x), _kernel_tiles(kernel)
     y = _output_from_tiles(_products(input_tiles, kernel_tiles), x.shape[:3])
     return y, (input_tiles, kernel_tiles)
