@@ -60,6 +60,7 @@ def short_config(root: Path, cache_dir: Path):
     config.eval_batch_size = 8
     # Evaluation shards over all 8 devices whatever trained the model; one device compiles faster.
     config.num_devices = 1
+    config.conv_algorithm = "direct"  # compiles faster; the algorithms are tested in test_winograd
     config.data.root = str(root)
     config.data.metadata = str(root / "metadata.csv")
     config.data.cache_dir = str(cache_dir)
