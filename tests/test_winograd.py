@@ -1,11 +1,13 @@
 """Winograd F(2×2, 3×3) convolution against a float64 numpy convolution, values and gradients."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from rockir_jax.models import build_resnet
+from rockir_jax.models.resnet import WinogradConv3x3
 from rockir_jax.models.winograd import MIN_CHANNELS, conv3x3, use_winograd
 
 SHAPES = [(2, 7, 5, 3, 4), (1, 1, 1, 2, 3), (3, 8, 8, 16, 8), (1, 2, 9, 5, 6)]  # N, H, W, C, K
@@ -77,15 +79,21 @@ def test_auto_picks_winograd_for_wide_float32_cpu_convolutions():
 
 
 def test_parameters_do_not_depend_on_the_algorithm():
-    """Checkpoints and ported weights load into either algorithm: same names, shapes and values."""
+    """Checkpoints and ported weights load into either algorithm: same names, shapes, dtypes and
+    initial values."""
     x = jnp.zeros((1, 32, 32, 3))
     shapes = {
-        algorithm: jax.tree.map(
-            jnp.shape, build_resnet("resnet18", conv_algorithm=algorithm).init(jax.random.key(0), x)
+        algorithm: jax.eval_shape(
+            build_resnet("resnet18", conv_algorithm=algorithm).init, jax.random.key(0), x
         )
         for algorithm in ("direct", "winograd")
     }
     assert shapes["direct"] == shapes["winograd"]
+    x = jnp.zeros((1, 8, 8, 16))
+    direct = nn.Conv(32, (3, 3), padding=1, use_bias=False).init(jax.random.key(3), x)
+    np.testing.assert_array_equal(
+        WinogradConv3x3(32).init(jax.random.key(3), x)["params"]["kernel"], direct["params"]["kernel"]
+    )
 
 
 def test_resnet_gradients_agree_across_algorithms():
