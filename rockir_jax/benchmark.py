@@ -239,28 +239,51 @@ def torch_dsnn() -> Any:
     return DSNN()
 
 
-def torch_train_trial(batch: Mapping[str, np.ndarray], threads: int, seed: int = 0) -> Callable[[], None]:
-    """One call = one eager PyTorch step of the original: forward, composite loss, backward, AdamW."""
+def torch_device() -> str:
+    """Where the PyTorch reference runs: on the GPU when JAX runs on one (and torch sees it), else the CPU."""
+    import torch
+
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def torch_train_trial(
+    batch: Mapping[str, np.ndarray], threads: int, seed: int = 0, dtype: str = "float32", device: str = "cpu"
+) -> Callable[[], None]:
+    """One call = one eager PyTorch step of the original: forward, composite loss, backward, AdamW.
+
+    ``dtype="bfloat16"`` runs the model under autocast (parameters and BatchNorm statistics in float32, as
+    the JAX side keeps them) and the losses in float32. On CUDA the images and weights are channels-last
+    with cuDNN's autotuner on, PyTorch's fastest settings for convolutions.
+    """
     import torch
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    model = torch_dsnn().train()
+    memory_format = torch.channels_last if device == "cuda" else torch.contiguous_format
+    torch.backends.cudnn.benchmark = device == "cuda"
+    model = torch_dsnn().to(device=device, memory_format=memory_format).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=1e-5, amsgrad=True)
     bce, smooth_l1 = torch.nn.BCELoss(), torch.nn.SmoothL1Loss()
-    t = {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in batch.items()}
-    x0, x1 = (t[key].permute(0, 3, 1, 2).contiguous() for key in ("image0", "image1"))
+    t = {key: torch.from_numpy(np.ascontiguousarray(value)).to(device) for key, value in batch.items()}
+    x0, x1 = (
+        t[key].permute(0, 3, 1, 2).contiguous(memory_format=memory_format) for key in ("image0", "image1")
+    )
     same_sample, same_meta = t["same_sample"][:, None], t["same_meta"][:, None]
+    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
     def trial() -> None:
         optimizer.zero_grad()
-        p, p_img, p_rock, reg0, reg1 = model(x0, x1)
+        with autocast:
+            outputs = model(x0, x1)
+        p, p_img, p_rock, reg0, reg1 = (output.float() for output in outputs)
         loss_reg = smooth_l1(reg0, t["targets0"]) + smooth_l1(reg1, t["targets1"])
         loss = (
             bce(p, same_sample * same_meta) + bce(p_img, same_sample) + bce(p_rock, same_meta) + 10 * loss_reg
         )
         loss.backward()
         optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     return trial
 
@@ -303,8 +326,12 @@ def train_rows(config: BenchConfig, image_size: int, threads: int) -> list[Row]:
             )
             trials[name] = jax_train_trial(algorithm_model, variables, batch, layout)
             trial_layouts[name] = layout
+    reference = ""
     if config.torch and _importable("torch") and _importable("torchvision"):
-        trials["torch"] = torch_train_trial(batch, threads, config.seed)
+        device = torch_device()
+        trials["torch"] = torch_train_trial(batch, threads, config.seed, config.dtype, device)
+        precision = "bf16 autocast" if config.dtype == "bfloat16" else "fp32"
+        reference = f"PyTorch eager {precision} on {device}"
     embed_images = pair_batch(config.embed_batch, image_size, config.seed + 1)["image0"]
     trials["embed"] = jax_embed_trial(model, variables, embed_images, config.mesh())
     times = interleaved_times(trials, config.repeats)
@@ -323,7 +350,7 @@ def train_rows(config: BenchConfig, image_size: int, threads: int) -> list[Row]:
                 setting,
                 pairs_per_s[name],
                 "pairs/s",
-                "PyTorch eager fp32" if has_torch else "",
+                reference,
                 pairs_per_s.get("torch"),
                 note if has_torch else f"{note}; PyTorch reference skipped",
             )

@@ -1,6 +1,7 @@
 """Smoke test of the benchmark at tiny sizes: the table's structure and top-k agreement, never timings."""
 
 import importlib.util
+import inspect
 
 import numpy as np
 import pytest
@@ -58,6 +59,22 @@ def test_train_step_has_pytorch_reference(rows):
     for train in rows[:4]:
         assert train.reference_value > 0
         assert train.ratio == pytest.approx(train.ours / train.reference_value)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")
+def test_pytorch_reference_trains_in_bfloat16_autocast():
+    """The GPU benchmark's reference path, run on the CPU: one autocast step updates float32 parameters."""
+    import torch
+
+    assert benchmark.torch_device() == "cpu"  # JAX runs on the CPU here
+    trial = benchmark.torch_train_trial(benchmark.pair_batch(2, 32), threads=1, dtype="bfloat16")
+    model = inspect.getclosurevars(trial).nonlocals["model"]
+    before = [p.detach().clone() for p in model.parameters()]
+    trial()
+    after = list(model.parameters())
+    assert all(p.dtype == torch.float32 for p in after)
+    assert all(torch.isfinite(p).all() for p in after)
+    assert sum(not torch.equal(a, b) for a, b in zip(after, before, strict=True)) == len(before)
 
 
 @pytest.mark.skipif(not HAS_FAISS, reason="faiss not installed")
