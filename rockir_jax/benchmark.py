@@ -148,6 +148,19 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
+def round_ratio_quartiles(
+    ours_seconds: Sequence[float], reference_seconds: Sequence[float]
+) -> tuple[float, float]:
+    """First and third quartiles of the speed ratio ours / reference within each interleaved round.
+
+    A round's two timings ran back to back, so the ratios cancel the machine's slow drift in speed, and
+    their spread shows whether a ratio of medians near 1 is a tie or a lead.
+    """
+    ratios = [reference / ours for ours, reference in zip(ours_seconds, reference_seconds, strict=True)]
+    first, _, third = statistics.quantiles(ratios, n=4, method="inclusive")
+    return first, third
+
+
 # ------------------------------------------------------------------------------------------ train step
 
 
@@ -344,6 +357,9 @@ def train_rows(config: BenchConfig, image_size: int, threads: int) -> list[Row]:
         setting = f"{image_size}², batch {config.batch}, {config.dtype}, {name} on {layout.mesh.devices.size}"
         note = _peak_note(pairs_per_s[name], image_size, config.peak_tflops)
         has_torch = "torch" in pairs_per_s
+        if has_torch:
+            first, third = round_ratio_quartiles(times[name], times["torch"])
+            note += f"; per-round ratio quartiles {first:.2f}–{third:.2f}×"
         rows.append(
             Row(
                 "train step",

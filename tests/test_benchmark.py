@@ -59,6 +59,15 @@ def test_train_step_has_pytorch_reference(rows):
     for train in rows[:4]:
         assert train.reference_value > 0
         assert train.ratio == pytest.approx(train.ours / train.reference_value)
+        assert "per-round ratio quartiles" in train.note
+
+
+def test_round_ratio_quartiles_pair_each_round():
+    # Rounds in which ours took 1, 2, 4, 8 s and the reference 2, 2, 2, 2 s: ratios 2, 1, 0.5, 0.25.
+    ratios = np.array([2.0, 1.0, 0.5, 0.25])
+    expected = np.percentile(ratios, [25, 75])  # numpy's default is the inclusive (linear) rule
+    got = benchmark.round_ratio_quartiles([1.0, 2.0, 4.0, 8.0], [2.0] * 4)
+    np.testing.assert_allclose(got, expected)
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")
