@@ -321,6 +321,11 @@ def train_layouts(config: BenchConfig) -> dict[str, parallel.Layout]:
     return {"branch parallel": branch, **layouts} if branch.branch_parallel else layouts
 
 
+def trial_name(layout_name: str, algorithm: str, algorithms: Sequence[str]) -> str:
+    """A train-step trial's name in its row: the layout, and the convolution algorithm when several run."""
+    return layout_name if len(algorithms) == 1 else f"{layout_name}, {algorithm} convolutions"
+
+
 def train_rows(config: BenchConfig, image_size: int, threads: int) -> list[Row]:
     """Train-step and embedding rows at one image size (JAX, PyTorch and embedding trials interleaved)."""
     batch = pair_batch(config.batch, image_size, config.seed)
@@ -332,11 +337,7 @@ def train_rows(config: BenchConfig, image_size: int, threads: int) -> list[Row]:
     for algorithm in config.conv_algorithms:
         algorithm_model = model.clone(conv_algorithm=algorithm)
         for layout_name, layout in layouts.items():
-            name = (
-                layout_name
-                if len(config.conv_algorithms) == 1
-                else f"{layout_name}, {algorithm} convolutions"
-            )
+            name = trial_name(layout_name, algorithm, config.conv_algorithms)
             trials[name] = jax_train_trial(algorithm_model, variables, batch, layout)
             trial_layouts[name] = layout
     reference = ""
