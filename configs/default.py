@@ -10,7 +10,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.model = "dsnn"  # dsnn | siamese
     config.backbone = "resnet18"  # resnet18 | resnet34
-    config.pretrained = ""  # a ported ImageNet backbone (scripts/port_torchvision_weights.py), or ""
+    config.pretrained = ""  # a ported ImageNet backbone (rockir-port), or ""
     config.image_size = 128
     config.dtype = "float32"  # computation dtype; bfloat16 on GPU/TPU (params stay float32)
     # 3×3 convolutions: auto = Winograd F(2×2, 3×3) where faster (float32 on CPU, ≥ 128 channels) | direct
@@ -24,10 +24,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.weight_decay = 1e-5
     config.seed = 0
     config.num_devices = 0  # devices to train on; 0 = the most that split the batch evenly
-    # DSNN: the image and rock backbones on separate halves of an even device count (rockir_jax.parallel);
+    # DSNN: the image and rock backbones on separate halves of an even device count (branch parallel);
     # False, or an odd count, runs both on every device (data parallel).
     config.branch_parallel = True
-    config.loss_weights = (1.0, 1.0, 1.0, 10.0)  # fused, image, metadata, regression
+    # DSNN loss: fused·BCE(p) + image·BCE(p_img) + metadata·BCE(p_rock) + regression·SmoothL1
+    config.loss_weights = ml_collections.ConfigDict(dict(fused=1.0, image=1.0, metadata=1.0, regression=10.0))
 
     config.data = ml_collections.ConfigDict()
     config.data.root = "datasets/synthetic_rocks"
@@ -42,5 +43,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.keep_checkpoints = 2
     config.eval_pair_batches = 4  # fixed validation pairs for the validation loss
     config.eval_batch_size = 64  # images per embedding batch
-    config.retrieval_k = 10
+    config.retrieval_k = 10  # cut-off of the validation's retrieval metrics; reservoir mAP@k picks the best
     return config

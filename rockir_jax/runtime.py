@@ -1,4 +1,4 @@
-"""Process set-up shared by the command-line tools: CPU devices, memory reuse, the XLA compilation cache."""
+"""Process set-up shared by the command lines: CPU devices, memory reuse, compile cache, multi-process."""
 
 from __future__ import annotations
 
@@ -76,3 +76,19 @@ def set_up_command_line_run() -> None:
     use_one_cpu_device_per_core()
     reuse_freed_memory()
     enable_compilation_cache()
+
+
+def maybe_initialize_distributed() -> None:
+    """``jax.distributed.initialize()`` when launched as several processes (SLURM or torchrun-style).
+
+    SLURM and explicit ``JAX_COORDINATOR_ADDRESS`` set-ups are detected by JAX itself; torchrun-style
+    launchers set ``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE`` and ``RANK``.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        jax.distributed.initialize(
+            coordinator_address=f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}",
+            num_processes=int(os.environ["WORLD_SIZE"]),
+            process_id=int(os.environ["RANK"]),
+        )
+    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "JAX_COORDINATOR_ADDRESS" in os.environ:
+        jax.distributed.initialize()

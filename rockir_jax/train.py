@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 import time
 from collections.abc import Mapping
@@ -27,38 +26,25 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from rockir_jax import data, losses, parallel, porting, runtime
-from rockir_jax import step as step_lib
-from rockir_jax.checkpoint import Checkpointer
-from rockir_jax.metrics_log import MetricsLog
-from rockir_jax.models import build_model
-from rockir_jax.optim import adamw_amsgrad
-from rockir_jax.retrieval.embed import embed_source, validation_metrics
+from rockir_jax import data, runtime, sharding
+from rockir_jax.models import build_model, resnet_params
+from rockir_jax.retrieval.embed import embed_source, make_embed_step, validation_metrics
+from rockir_jax.retrieval.metrics import best_checkpoint_metric
+from rockir_jax.training import layout as layout_lib
+from rockir_jax.training import losses
+from rockir_jax.training import step as step_lib
+from rockir_jax.training.checkpoint import Checkpointer
+from rockir_jax.training.metrics_log import MetricsLog
+from rockir_jax.training.optim import adamw_amsgrad
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; no checkpoint of that state was written."""
 
 
-def maybe_initialize_distributed() -> None:
-    """``jax.distributed.initialize()`` when launched as several processes (SLURM or torchrun-style).
-
-    SLURM and explicit ``JAX_COORDINATOR_ADDRESS`` set-ups are detected by JAX itself; torchrun-style
-    launchers set ``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE`` and ``RANK``.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        jax.distributed.initialize(
-            coordinator_address=f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}",
-            num_processes=int(os.environ["WORLD_SIZE"]),
-            process_id=int(os.environ["RANK"]),
-        )
-    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "JAX_COORDINATOR_ADDRESS" in os.environ:
-        jax.distributed.initialize()
-
-
 def _loss_fn(config: ml_collections.ConfigDict) -> step_lib.LossFn:
     if config.model == "dsnn":
-        return functools.partial(losses.dsnn_loss, weights=tuple(config.loss_weights))
+        return functools.partial(losses.dsnn_loss, weights=config.loss_weights.to_dict())
     return losses.siamese_loss
 
 
@@ -66,8 +52,8 @@ def _initial_variables(model, config: ml_collections.ConfigDict) -> dict[str, An
     variables = step_lib.init_variables(model, jax.random.key(config.seed), config.image_size)
     variables = jax.tree.map(np.asarray, variables)
     if config.pretrained:
-        backbone = porting.load_variables(config.pretrained)
-        variables = porting.with_pretrained_backbones(variables, backbone, source=config.pretrained)
+        backbone = resnet_params.load_variables(config.pretrained)
+        variables = resnet_params.with_pretrained_backbones(variables, backbone, source=config.pretrained)
     return variables
 
 
@@ -86,13 +72,13 @@ class Validator:
     def __init__(self, config, mesh, model, loss_fn, sources: Mapping[str, data.SplitSource]):
         self.config, self.mesh, self.sources = config, mesh, sources
         self.eval_step = step_lib.make_eval_step(mesh, loss_fn)
-        self.embed_step = step_lib.make_embed_step(mesh, model)
+        self.embed_step = make_embed_step(mesh, model)
 
     def __call__(self, state: step_lib.TrainState) -> dict[str, float]:
         config, val = self.config, self.sources["val"]
         pairs = data.train_iterator(val, global_batch_size=config.global_batch_size, seed=config.seed + 1)
         pair_metrics = [
-            jax.device_get(self.eval_step(state, step_lib.shard_batch(next(pairs), self.mesh)))
+            jax.device_get(self.eval_step(state, sharding.shard_batch(next(pairs), self.mesh)))
             for _ in range(config.eval_pair_batches)
         ]
         metrics = {f"{k}": float(np.mean([m[k] for m in pair_metrics])) for k in pair_metrics[0]}
@@ -114,7 +100,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint); returns the final state."""
     workdir = Path(workdir)
     is_chief = jax.process_index() == 0
-    layout = parallel.plan(
+    layout = layout_lib.plan(
         jax.devices(),
         config.global_batch_size,
         requested=config.num_devices,
@@ -136,7 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         config.model,
         config.backbone,
         num_extra_targets=len(config.data.extra_targets),
-        axis_name=step_lib.DATA_AXIS,
+        axis_name=sharding.DATA_AXIS,
         dtype=jnp.dtype(config.dtype),
         conv_algorithm=config.conv_algorithm,
     )
@@ -151,7 +137,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         seed=config.seed,
         num_workers=config.data.num_workers,
     )
-    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    checkpointer = Checkpointer(
+        workdir / "checkpoints",
+        keep=config.keep_checkpoints,
+        best_metric=best_checkpoint_metric(config.retrieval_k),
+    )
     log = MetricsLog(workdir)
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(state, train_iter)
@@ -237,7 +227,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     runtime.set_up_command_line_run()
-    maybe_initialize_distributed()
+    runtime.maybe_initialize_distributed()
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except data.DataValidationError as err:

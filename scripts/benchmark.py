@@ -1,7 +1,7 @@
 """Speed benchmark, side by side: python scripts/benchmark.py [--quick|--full] [options].
 
 Measures the train step against PyTorch, search against FAISS at its best, the input pipeline and the
-embedding in one run, prints a table of medians and ratios and appends it to docs/BENCHMARKS.md.
+embedding in one run and prints a table of medians and ratios; ``--out docs/BENCHMARKS.md`` appends it there.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     parser.add_argument("--no-faiss", action="store_true", help="skip the FAISS reference")
     parser.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before JAX starts")
-    parser.add_argument("--out", default="docs/BENCHMARKS.md", help="Markdown file to append to ('' = none)")
+    parser.add_argument("--out", help="Markdown file to append the run to (e.g. docs/BENCHMARKS.md)")
     return parser.parse_args(argv)
 
 
@@ -51,7 +51,9 @@ def main(argv: list[str]) -> None:
     args = parse_args(argv)
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
-    from rockir_jax import benchmark, runtime  # after XLA_FLAGS: JAX reads them once
+    import benchmark_lib as benchmark  # after XLA_FLAGS: JAX reads them once
+
+    from rockir_jax import runtime
 
     if args.cpu_devices:
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)

@@ -1,6 +1,7 @@
 """Test configuration: 8 emulated CPU devices, set before jax is first imported."""
 
 import os
+import sys
 import tempfile
 
 _DEVICE_FLAG = "--xla_force_host_platform_device_count=8"
@@ -12,3 +13,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="rockir_jax_xla_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+# The benchmark's code lives beside its command in scripts/, outside the package.
+SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+if SCRIPTS not in sys.path:
+    sys.path.insert(0, SCRIPTS)

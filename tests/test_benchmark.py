@@ -3,10 +3,9 @@
 import importlib.util
 import inspect
 
+import benchmark_lib as benchmark
 import numpy as np
 import pytest
-
-from rockir_jax import benchmark
 
 HAS_TORCH = all(importlib.util.find_spec(m) is not None for m in ("torch", "torchvision"))
 HAS_FAISS = importlib.util.find_spec("faiss") is not None

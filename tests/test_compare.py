@@ -3,23 +3,21 @@
 import json
 import shutil
 
-import pytest
-from test_evaluate import shared_run, short_config
+from test_evaluate import exits_with_error, shared_run, short_config
 
-from scripts import compare_models
+from rockir_jax.cli import compare
 
 
-def test_comparison_table_has_the_four_models(tmp_path_factory, tmp_path):
+def test_comparison_table_has_the_four_models(tmp_path_factory, tmp_path, capsys):
     root, _, run = shared_run(tmp_path_factory)
     config = tmp_path / "config.json"
     config.write_text(json.dumps(short_config(root, tmp_path / "cache").to_dict()))
     out = tmp_path / "comparison"
     shutil.copytree(run, out / "runs" / "DSNN-R18")
     args = ["--out", str(out), "--config", str(config), "--steps", "1"]
-    with pytest.raises(SystemExit, match="pass --reuse"):
-        compare_models.main(args)
+    exits_with_error(capsys, "pass --reuse", compare.main, args)
 
-    compare_models.main([*args, "--reuse"])
+    compare.main([*args, "--reuse"])
     table = json.loads((out / "comparison.json").read_text())
     rows = {row["name"]: row for row in table["models"]}
     assert list(rows) == ["DSNN-R18", "Siamese-R18", "Siamese-R34", "Vanilla-R34"]

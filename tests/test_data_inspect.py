@@ -1,4 +1,4 @@
-"""Tests for rockir_jax.data.inspect: summary text, contact sheet, command line."""
+"""Tests for rockir_jax.data.inspect and rockir-inspect: summary text, contact sheet, command line."""
 
 import subprocess
 import sys
@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from rockir_jax.data.inspect import run, summarize
-from rockir_jax.data.metadata import DataValidationError, index_dataset
+from rockir_jax.data.inspect import summarize, write_contact_sheet
+from rockir_jax.data.metadata import index_dataset
 
 
 @pytest.fixture
@@ -40,10 +40,9 @@ def test_summary_lists_splits_and_physical_ranges(dataset):
 
 
 @pytest.mark.parametrize("cached", [False, True])
-def test_run_writes_contact_sheet(dataset, tmp_path, cached, capsys):
-    out = run(
-        dataset,
-        dataset / "metadata.csv",
+def test_contact_sheet_is_written(dataset, tmp_path, cached):
+    out = write_contact_sheet(
+        index_dataset(dataset, dataset / "metadata.csv"),
         image_size=32,
         out=tmp_path / "sheets" / "pairs.png",
         cache_dir=tmp_path / "cache" if cached else None,
@@ -51,7 +50,6 @@ def test_run_writes_contact_sheet(dataset, tmp_path, cached, capsys):
     )
     with Image.open(out) as sheet:
         assert sheet.format == "PNG" and sheet.width > 100 and sheet.height > 200
-    assert "contact sheet" in capsys.readouterr().out
 
 
 def test_command_line_with_config(dataset, tmp_path):
@@ -67,17 +65,30 @@ def test_command_line_with_config(dataset, tmp_path):
     )
     out = tmp_path / "cli.png"
     done = subprocess.run(
-        [sys.executable, "-m", "rockir_jax.data.inspect", f"--config={config}", f"--out={out}"],
+        [sys.executable, "-m", "rockir_jax.cli.inspect", f"--config={config}", f"--out={out}"],
         capture_output=True,
         text=True,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "train: 4 images" in done.stdout and out.exists()
+    assert "train: 4 images" in done.stdout and "contact sheet" in done.stdout and out.exists()
 
 
-def test_run_refuses_a_broken_data_set(dataset, tmp_path):
+def test_command_refuses_a_broken_data_set(dataset, tmp_path, capsys):
+    from rockir_jax.cli.inspect import main
+
     (dataset / "train" / "AAA001" / "junk.txt").write_text("x")
-    with pytest.raises(DataValidationError, match=r"junk\.txt: not an image file"):
-        run(dataset, dataset / "metadata.csv", image_size=32, out=tmp_path / "x.png")
+    with pytest.raises(SystemExit) as exited:
+        main(
+            [
+                "--root",
+                str(dataset),
+                "--metadata",
+                str(dataset / "metadata.csv"),
+                "--out",
+                str(tmp_path / "x.png"),
+            ]
+        )
+    assert exited.value.code == 2
+    assert "junk.txt: not an image file" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()

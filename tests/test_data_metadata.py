@@ -14,7 +14,6 @@ from rockir_jax.data.metadata import (
     index_dataset,
     read_image,
     same_metadata,
-    sample_from_filename,
     targets_to_physical,
 )
 
@@ -166,13 +165,6 @@ def test_same_metadata_hand_computed():
     # Relative to d1, so not symmetric: 0.105 / 1.105 = 0.095 < 0.1 but 0.105 / 1.0 is not.
     assert same_metadata(np.array([1.0]), np.array([1.105]))
     assert not same_metadata(np.array([1.105]), np.array([1.0]))
-
-
-def test_sample_from_filename_rule():
-    assert sample_from_filename("E002M0_slice1.png") == "E002M0"
-    assert sample_from_filename("E002M0_slice_12.tif") == "E002M0"
-    assert sample_from_filename("rock_a_17.png") == "rock_a"
-    assert sample_from_filename("plain.png") == "plain"
 
 
 # ------------------------------------------------------------------------------------------------

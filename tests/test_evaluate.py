@@ -4,6 +4,7 @@ Also home of the tiny data set and short-run helpers that test_search and test_c
 """
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -13,10 +14,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from rockir_jax import porting
+from rockir_jax.configuration import load_config
+from rockir_jax.data.database import list_images
 from rockir_jax.data.metadata import DataValidationError
-from rockir_jax.models import build_model
-from rockir_jax.retrieval import evaluate, load_index
+from rockir_jax.jsonio import json_text
+from rockir_jax.models import build_model, resnet_params
+from rockir_jax.retrieval import load_index
+from rockir_jax.retrieval.loading import load_model
 from rockir_jax.train import train_and_evaluate
 from scripts import evaluate_retrieval
 
@@ -53,7 +57,7 @@ def make_rocks(root: Path, samples_per_reservoir: int = 2, slices: int = 4, db_t
 
 def short_config(root: Path, cache_dir: Path):
     """configs/default.py at 32², batch 8, 2 steps: the cheapest real training run."""
-    config = evaluate.load_config(Path(__file__).parents[1] / "configs" / "default.py")
+    config = load_config(Path(__file__).parents[1] / "configs" / "default.py")
     config.image_size = SIZE
     config.global_batch_size = 8
     config.num_train_steps = 2
@@ -118,6 +122,14 @@ def evaluate_cli(*args: str) -> None:
     evaluate_retrieval.main([*map(str, args), "--batch-size", "8"])
 
 
+def exits_with_error(capsys, pattern: str, command, *args) -> None:
+    """``command(*args)`` exits with status 2 and one ``error: …`` message matching ``pattern``."""
+    with pytest.raises(SystemExit) as exited:
+        command(*args)
+    assert exited.value.code == 2
+    assert re.search(pattern, capsys.readouterr().err)
+
+
 def test_split_layout_end_to_end(run, rocks, tmp_path):
     root, _ = rocks
     out = tmp_path / "eval"
@@ -158,11 +170,11 @@ def test_split_layout_end_to_end(run, rocks, tmp_path):
 
 def test_flat_layout_with_and_without_metadata(run, rocks, tmp_path):
     root, flat = rocks
-    table = evaluate.list_images(flat)
+    table = list_images(flat)
     assert table.samples[0] == "AAA001" and table.reservoirs[0] == "AAA"
     assert sorted(set(table.reservoirs)) == ["AAA", "BBB", "CCC"] and len(set(table.samples)) == 6
     assert np.isnan(table.targets).all() and np.isnan(table.pixel_size).all()
-    with_csv = evaluate.list_images(flat, root / "metadata.csv")
+    with_csv = list_images(flat, root / "metadata.csv")
     np.testing.assert_array_equal(with_csv.samples, table.samples)
     assert np.isfinite(with_csv.targets).all() and (with_csv.pixel_size == PIXEL_SIZE).all()
 
@@ -178,23 +190,23 @@ def test_flat_layout_with_and_without_metadata(run, rocks, tmp_path):
     assert report["metrics"]["reservoir/map"] == pytest.approx(reference["map"], abs=1e-6)
 
 
-def test_clear_errors_name_the_file(run, rocks, tmp_path):
+def test_clear_errors_name_the_file(run, rocks, tmp_path, capsys):
     root, _ = rocks
-    with pytest.raises(SystemExit, match="no such database folder"):
-        evaluate_cli("--workdir", run, "--db", tmp_path / "missing", "--out", tmp_path / "o")
+    missing = ("--workdir", run, "--db", tmp_path / "missing", "--out", tmp_path / "o")
+    exits_with_error(capsys, "no such database folder", evaluate_cli, *missing)
     bad = tmp_path / "bad"
     bad.mkdir()
     shutil.copy(next((root / "train" / "AAA001").iterdir()), bad / "AAA001_slice0.png")
     (bad / "AAA001_slice1.png").write_bytes(b"not a png")
-    with pytest.raises(SystemExit, match=r"AAA001_slice1\.png: unreadable"):
-        evaluate_cli("--workdir", run, "--db", bad, "--out", tmp_path / "o")
+    bad_db = ("--workdir", run, "--db", bad, "--out", tmp_path / "o")
+    exits_with_error(capsys, r"AAA001_slice1\.png: unreadable", evaluate_cli, *bad_db)
     empty_run = tmp_path / "empty_run"
     (empty_run / "checkpoints").mkdir(parents=True)
     shutil.copy(run / "config.json", empty_run / "config.json")
-    with pytest.raises(SystemExit, match="no checkpoint"):
-        evaluate_cli("--workdir", empty_run, "--db", root, "--out", tmp_path / "o")
+    no_checkpoint = ("--workdir", empty_run, "--db", root, "--out", tmp_path / "o")
+    exits_with_error(capsys, "no checkpoint", evaluate_cli, *no_checkpoint)
     with pytest.raises(DataValidationError, match="no images"):
-        evaluate.list_images(tmp_path / "empty_run")
+        list_images(tmp_path / "empty_run")
 
 
 def test_vanilla_uses_the_ported_backbone(tmp_path):
@@ -205,13 +217,13 @@ def test_vanilla_uses_the_ported_backbone(tmp_path):
     # A ported torchvision backbone: a bare ResNet's variables, with a classifier.
     ported = {name: dict(tree["image_backbone"]) for name, tree in backbone.items()}
     ported["params"]["fc"] = {"kernel": np.zeros((512, 10)), "bias": np.zeros(10)}  # dropped on load
-    porting.save_variables(ported, tmp_path / "weights")
-    model = evaluate.load_vanilla("resnet18", SIZE, tmp_path / "weights")
+    resnet_params.save_variables(ported, tmp_path / "weights")
+    model = load_model(vanilla="resnet18", pretrained=tmp_path / "weights", image_size=SIZE)
     assert model.identity["pretrained"] == str((tmp_path / "weights").absolute())
     assert "fc" not in model.variables["params"]["image_backbone"]
     jax.tree.map(np.testing.assert_array_equal, model.variables, backbone)
-    with pytest.raises(porting.PortingError, match="does not fit"):
-        evaluate.load_vanilla("resnet34", SIZE, tmp_path / "weights")
+    with pytest.raises(resnet_params.PortingError, match="does not fit"):
+        load_model(vanilla="resnet34", pretrained=tmp_path / "weights", image_size=SIZE)
 
 
 def test_json_report_writes_undefined_numbers_as_null():
@@ -220,5 +232,5 @@ def test_json_report_writes_undefined_numbers_as_null():
     def reject(constant):
         raise ValueError(f"non-JSON constant {constant}")
 
-    parsed = json.loads(evaluate.json_text(report), parse_constant=reject)
+    parsed = json.loads(json_text(report), parse_constant=reject)
     assert parsed == {"r2": None, "rows": [{"mae": None, "n": 3}], "ok": 0.5}

@@ -7,8 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from rockir_jax import porting
-from rockir_jax.models import DSNN, GatedSiameseHead, RegressionHead, SiameseNet
+from rockir_jax.models import DSNN, GatedSiameseHead, RegressionHead, SiameseNet, resnet, resnet_params
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "rockir_pytorch_checkpoints"
 SIAM_PT = FIXTURES / "siam_epoch-920.pt"
@@ -54,7 +53,7 @@ def rockir_heads():
     pytest.importorskip("torch")
     if not SIAM_PT.exists():
         pytest.skip(f"{FIXTURES} not present")
-    return porting.import_rockir_heads(SIAM_PT, REG_PT)
+    return resnet_params.import_rockir_heads(SIAM_PT, REG_PT)
 
 
 def test_imported_gated_head_matches_reference(rockir_heads):
@@ -92,13 +91,13 @@ def test_imported_heads_equal_the_torch_files(rockir_heads):
 
 
 def test_heads_with_swapped_files_list_every_mismatch(rockir_heads):
-    with pytest.raises(porting.PortingError, match=r"unexpected key 'out_por\.0\.weight'") as error:
-        porting.import_rockir_heads(REG_PT, SIAM_PT)
+    with pytest.raises(resnet_params.PortingError, match=r"unexpected key 'out_por\.0\.weight'") as error:
+        resnet_params.import_rockir_heads(REG_PT, SIAM_PT)
     assert "missing key for params/fc_out_image/kernel" in str(error.value)
 
 
 def test_dsnn_outputs_and_embedding_follow_the_formulas():
-    model = DSNN("resnet18")
+    model = DSNN(resnet("resnet18"))
     rng = np.random.default_rng(3)
     x0, x1 = rng.standard_normal((2, 3, 32, 32, 3)).astype(np.float32)
     variables = model.init(jax.random.key(0), x0, x1)
@@ -137,7 +136,7 @@ def test_dsnn_outputs_and_embedding_follow_the_formulas():
 
 
 def test_siamese_net_similarity_and_embedding():
-    model = SiameseNet("resnet18")
+    model = SiameseNet(resnet("resnet18"))
     rng = np.random.default_rng(4)
     x0, x1 = rng.standard_normal((2, 2, 32, 32, 3)).astype(np.float32)
     variables = model.init(jax.random.key(1), x0, x1)
@@ -160,27 +159,27 @@ def test_siamese_net_similarity_and_embedding():
     )
 
 
-def test_import_script_assembles_a_full_dsnn(tmp_path):
+def test_import_command_assembles_a_full_dsnn(tmp_path):
     """The original's four files (backbones saved as DDP-wrapped ``nn.Sequential``) → one DSNN."""
     torch = pytest.importorskip("torch")
     torchvision = pytest.importorskip("torchvision")
     if not SIAM_PT.exists():
         pytest.skip(f"{FIXTURES} not present")
-    from scripts.import_rockir_checkpoint import main
+    from rockir_jax.cli.import_rockir import main
 
     backbones = {}
     for branch, seed in (("image", 0), ("rock", 1)):
         torch.manual_seed(seed)
-        resnet = torchvision.models.resnet18(weights=None).eval()
-        sequential = torch.nn.Sequential(*list(resnet.children())[:-2])
+        torch_resnet = torchvision.models.resnet18(weights=None).eval()
+        sequential = torch.nn.Sequential(*list(torch_resnet.children())[:-2])
         torch.save({f"module.{k}": v for k, v in sequential.state_dict().items()}, tmp_path / f"{branch}.pt")
         backbones[branch] = sequential
     out = tmp_path / "dsnn"
     arguments = ["--image", tmp_path / "image.pt", "--rock", tmp_path / "rock.pt"]
     arguments += ["--siam", SIAM_PT, "--reg", REG_PT, "--out", out]
-    assert main([str(a) for a in arguments]) == 0
+    main([str(a) for a in arguments])
 
-    variables = porting.load_variables(out)
+    variables = resnet_params.load_variables(out)
     x = np.random.default_rng(5).standard_normal((2, 32, 32, 3)).astype(np.float32)
     x_flipped = np.ascontiguousarray(x[::-1])
     with torch.no_grad():
@@ -190,8 +189,8 @@ def test_import_script_assembles_a_full_dsnn(tmp_path):
             for xi in (x, x_flipped)
         ]
     expected = reference_head(
-        porting.import_rockir_heads(SIAM_PT, REG_PT)[0]["params"], *[v.astype(np.float64) for v in h]
+        resnet_params.import_rockir_heads(SIAM_PT, REG_PT)[0]["params"], *[v.astype(np.float64) for v in h]
     )
-    outputs = DSNN("resnet18").apply(variables, x, x_flipped)
+    outputs = DSNN(resnet("resnet18")).apply(variables, x, x_flipped)
     np.testing.assert_allclose(outputs["p"], expected[0][:, 0], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(outputs["p_rock"], expected[2][:, 0], rtol=1e-4, atol=1e-6)

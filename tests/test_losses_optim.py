@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rockir_jax import losses, optim
+from rockir_jax.training import losses, optim
 
 
 def _bce(p, y):
@@ -47,7 +47,8 @@ def test_dsnn_loss_is_the_weighted_composite(weights):
         "targets0": rng.standard_normal((n, 2)).astype(np.float32),
         "targets1": rng.standard_normal((n, 2)).astype(np.float32),
     }
-    loss, terms = losses.dsnn_loss(outputs, batch, weights)
+    named = dict(zip(("fused", "image", "metadata", "regression"), weights, strict=True))
+    loss, terms = losses.dsnn_loss(outputs, batch, named)
     s, m = batch["same_sample"], batch["same_meta"]
     expected = (
         weights[0] * _bce(outputs["p"], s * m)

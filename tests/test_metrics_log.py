@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rockir_jax.metrics_log import MetricsLog
+from rockir_jax.training.metrics_log import MetricsLog
 
 
 def _refuse(constant):

@@ -5,13 +5,15 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from test_evaluate import PIXEL_SIZE, SIZE, shared_run
+from test_evaluate import PIXEL_SIZE, SIZE, exits_with_error, shared_run
 
-from rockir_jax import search
-from rockir_jax.checkpoint import restore_variables
+from rockir_jax.cli import search
 from rockir_jax.data.metadata import read_image
 from rockir_jax.models import build_model
-from rockir_jax.retrieval import evaluate, load_index, save_index
+from rockir_jax.retrieval import evaluation, load_index, save_index
+from rockir_jax.retrieval import search as search_lib
+from rockir_jax.retrieval.loading import load_model
+from rockir_jax.training.checkpoint import restore_variables
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +21,7 @@ def setup(tmp_path_factory):
     """(data root, run, saved index of the held-out db_test images)."""
     root, _, run = shared_run(tmp_path_factory)
     out = tmp_path_factory.mktemp("eval")
-    evaluate.evaluate(evaluate.load_workdir(run), root, out, figures=0, batch_size=8)
+    evaluation.evaluate(load_model(run), root, out, figures=0, batch_size=8)
     return root, run, out / "index"
 
 
@@ -45,9 +47,9 @@ def test_saved_index_hits_match_brute_force(setup, tmp_path, capsys, monkeypatch
     query_row = 5
     query = index.paths[query_row]
     embedded_sizes = []
-    embed_table = evaluate.embed_table
+    embed_table = evaluation.embed_table
     monkeypatch.setattr(
-        evaluate, "embed_table", lambda model, table, *a, **kw: embedded_sizes.append(len(table)) or
+        search_lib, "embed_table", lambda model, table, *a, **kw: embedded_sizes.append(len(table)) or
         embed_table(model, table, *a, **kw)
     )  # fmt: skip
     figure = tmp_path / "query.png"
@@ -90,7 +92,7 @@ def test_folder_database_and_unknown_pixel_size(setup, capsys):
     assert permeability == pytest.approx(10 ** (5 * reg[1]) * 9.0, rel=1e-4)
 
 
-def test_index_of_another_model_is_refused(setup, tmp_path):
+def test_index_of_another_model_is_refused(setup, tmp_path, capsys):
     root, run, index_dir = setup
     other = tmp_path / "other"
     shutil.copytree(index_dir, other)
@@ -98,7 +100,7 @@ def test_index_of_another_model_is_refused(setup, tmp_path):
     index.model["step"] = 1
     save_index(other, index)
     query = sorted((root / "db_test").iterdir())[0]
-    with pytest.raises(SystemExit, match="not comparable"):
-        search.main(["--workdir", str(run), "--db", str(other), "--query", str(query)])
-    with pytest.raises(SystemExit, match="no such query image"):
-        search.main(["--workdir", str(run), "--db", str(index_dir), "--query", str(tmp_path / "x.png")])
+    other_model = ["--workdir", str(run), "--db", str(other), "--query", str(query)]
+    exits_with_error(capsys, "not comparable", search.main, other_model)
+    missing = ["--workdir", str(run), "--db", str(index_dir), "--query", str(tmp_path / "x.png")]
+    exits_with_error(capsys, "no such query image", search.main, missing)

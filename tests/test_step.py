@@ -6,8 +6,9 @@ import optax
 import pytest
 from flax import traverse_util
 
-from rockir_jax import losses, step
+from rockir_jax import sharding
 from rockir_jax.models import build_model
+from rockir_jax.training import losses, step
 
 GLOBAL_BATCH = 8
 IMAGE_SIZE = 32
@@ -42,7 +43,7 @@ def stepped():
     assert jax.device_count() == 8, "tests/conftest.py sets 8 CPU devices"
     # Direct convolutions: an 8-device data-parallel step with Winograd's transforms compiles in 33 s
     # against 11 s. test_parallel checks sharded Winograd steps, test_winograd the algorithm itself.
-    model = build_model("dsnn", "resnet18", axis_name=step.DATA_AXIS, conv_algorithm="direct")
+    model = build_model("dsnn", "resnet18", axis_name=sharding.DATA_AXIS, conv_algorithm="direct")
     variables = jax.tree.map(np.asarray, step.init_variables(model, jax.random.key(0), IMAGE_SIZE))
     # Zero-initialised biases would make "relative to the parameters" mean "relative to one update".
     rng = np.random.default_rng(1)
@@ -51,10 +52,10 @@ def stepped():
     )
     results = {}
     for devices in (1, 8):
-        mesh = step.make_mesh(jax.devices()[:devices])
-        state = step.replicate(step.create_train_state(model, variables, optax.sgd(0.005)), mesh)
+        mesh = sharding.make_mesh(jax.devices()[:devices])
+        state = sharding.replicate(step.create_train_state(model, variables, optax.sgd(0.005)), mesh)
         train_step = step.make_train_step(mesh, losses.dsnn_loss)
-        state, metrics = train_step(state, step.shard_batch(_batch(), mesh))
+        state, metrics = train_step(state, sharding.shard_batch(_batch(), mesh))
         results[devices] = jax.device_get((state, metrics))
     return variables, results
 
@@ -104,15 +105,15 @@ def test_gradients_reach_every_parameter(stepped):
 
 def test_uneven_global_batch_is_a_clear_error():
     with pytest.raises(ValueError, match="does not divide evenly over 8 devices"):
-        step.check_divisible(12, step.make_mesh())
+        sharding.check_divisible(12, sharding.make_mesh())
 
 
 @pytest.mark.parametrize(("batch", "expected"), [(16, 8), (12, 6), (7, 7), (9, 3), (11, 1)])
 def test_training_takes_the_most_devices_that_split_the_batch(batch, expected):
     devices = jax.devices()
     assert len(devices) == 8
-    assert step.data_parallel_devices(devices, batch) == devices[:expected]
+    assert sharding.data_parallel_devices(devices, batch) == devices[:expected]
 
 
 def test_a_requested_device_count_is_taken_as_is():
-    assert len(step.data_parallel_devices(jax.devices(), 16, requested=5)) == 5
+    assert len(sharding.data_parallel_devices(jax.devices(), 16, requested=5)) == 5

@@ -17,8 +17,9 @@ import pytest
 from PIL import Image
 
 from configs import default
-from rockir_jax import parallel, train
-from rockir_jax.checkpoint import Checkpointer
+from rockir_jax import train
+from rockir_jax.training import layout as layout_lib
+from rockir_jax.training.checkpoint import Checkpointer
 
 SIZE = 32
 RESERVOIRS = {"AAA": (0.10, 5.0), "BBB": (0.20, 300.0), "CCC": (0.30, 8000.0)}
@@ -73,7 +74,7 @@ def tiny_config(root: Path, cache: Path, **overrides):
     # One device keeps these runs fast; test_eight_devices_train_like_one covers the sharded path.
     config.num_devices = 1
     # These tests are about the trainer. Direct convolutions compile a train step in two thirds of the
-    # time Winograd's transforms take (12 s against 19 s); test_winograd and test_parallel cover those.
+    # time Winograd's transforms take; test_winograd and test_dsnn_branch_parallel cover those.
     config.conv_algorithm = "direct"
     for key, value in overrides.items():
         config[key] = value
@@ -213,7 +214,7 @@ def test_branch_parallel_run_checkpoints_the_model_layout_and_resumes_bit_identi
     whole, crashed = tmp_path / "whole", tmp_path / "crashed"
     train.train_and_evaluate(config, whole)
     with monkeypatch.context() as patch:
-        _interrupt_after(patch, 3, module=parallel, factory="make_branch_train_step")
+        _interrupt_after(patch, 3, module=layout_lib, factory="make_branch_train_step")
         with pytest.raises(RuntimeError, match="simulated crash"):
             train.train_and_evaluate(config, crashed)
     assert Checkpointer(crashed / "checkpoints").latest_step() == 2
@@ -239,7 +240,7 @@ def test_eight_devices_train_like_one(toy_without_val, cache, tmp_path):
 
 
 def test_non_finite_loss_stops_before_checkpointing(toy_without_val, cache, tmp_path, monkeypatch):
-    shard_batch = train.step_lib.shard_batch
+    shard_batch = train.sharding.shard_batch
     calls = 0
 
     def poisoned(batch, mesh):
@@ -249,7 +250,7 @@ def test_non_finite_loss_stops_before_checkpointing(toy_without_val, cache, tmp_
             batch["image0"][0, 0, 0, 0] = np.nan
         return shard_batch(batch, mesh)
 
-    monkeypatch.setattr(train.step_lib, "shard_batch", poisoned)
+    monkeypatch.setattr(train.sharding, "shard_batch", poisoned)
     workdir = tmp_path / "nan"
     config = tiny_config(toy_without_val, cache, num_train_steps=6, checkpoint_every_steps=1)
     with pytest.raises(

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rockir_jax.models import build_resnet
+from rockir_jax.models import resnet
 from rockir_jax.models.resnet import WinogradConv3x3
 from rockir_jax.models.winograd import MIN_CHANNELS, conv3x3, use_winograd
 
@@ -83,9 +83,7 @@ def test_parameters_do_not_depend_on_the_algorithm():
     initial values."""
     x = jnp.zeros((1, 32, 32, 3))
     shapes = {
-        algorithm: jax.eval_shape(
-            build_resnet("resnet18", conv_algorithm=algorithm).init, jax.random.key(0), x
-        )
+        algorithm: jax.eval_shape(resnet("resnet18", conv_algorithm=algorithm)().init, jax.random.key(0), x)
         for algorithm in ("direct", "winograd")
     }
     assert shapes["direct"] == shapes["winograd"]
@@ -106,10 +104,10 @@ def test_resnet_gradients_agree_across_algorithms():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 32, 32, 3)).astype(np.float32)
     projection = rng.standard_normal((2, 1, 1, 512)).astype(np.float32)
-    variables = build_resnet("resnet18", conv_algorithm="direct").init(jax.random.key(1), x)
+    variables = resnet("resnet18", conv_algorithm="direct")().init(jax.random.key(1), x)
 
     def grads(algorithm):
-        model = build_resnet("resnet18", conv_algorithm=algorithm)
+        model = resnet("resnet18", conv_algorithm=algorithm)()
 
         def loss(params):
             features = model.apply({**variables, "params": params}, x, output="feature_map")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from rockir_jax import runtime
+from rockir_jax.retrieval.loading import LoadedModel, load_model
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -28,9 +30,35 @@ def run(body: Callable[[], None], *, uses_jax: bool = True) -> None:
         runtime.set_up_command_line_run()
     try:
         body()
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose a model, shared by the commands that embed images."""
+    group = parser.add_argument_group("model (one of --workdir, --checkpoint + --config, --model vanilla)")
+    group.add_argument("--workdir", type=Path, help="a training run (config.json + checkpoints/)")
+    group.add_argument("--checkpoint", type=Path, help="a checkpoints/ directory of a run")
+    group.add_argument("--config", type=Path, help="config file of --checkpoint (configs/*.py or .json)")
+    group.add_argument("--step", type=int, help="checkpoint step (default: the best, else the latest)")
+    group.add_argument("--model", choices=("vanilla",), help="the untrained baseline instead of a run")
+    group.add_argument("--backbone", default="resnet34", help="backbone of --model vanilla")
+    group.add_argument("--pretrained", type=Path, help="ported ImageNet weights of --model vanilla")
+    group.add_argument("--image-size", type=int, default=224, help="input size of --model vanilla")
+
+
+def model_from_arguments(args: argparse.Namespace) -> LoadedModel:
+    """The model chosen by :func:`add_model_arguments`' options."""
+    return load_model(
+        args.workdir,
+        checkpoint=args.checkpoint,
+        config=args.config,
+        step=args.step,
+        vanilla=args.backbone if args.model == "vanilla" else None,
+        pretrained=args.pretrained,
+        image_size=args.image_size,
+    )

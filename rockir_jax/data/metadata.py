@@ -1,36 +1,23 @@
 """Metadata CSV schema, regression targets, image reading and data-set validation.
 
-The user's data set follows the original RockIR layout::
-
-    <root>/train/<sample>/*.png     one folder per sample
-    <root>/val/<sample>/*.png       optional
-    <root>/db_test/*.png            optional, flat; sample = file-name rule below
-    metadata.csv                    one row per sample
-
-CSV columns of the original: ``Image, Label, GI, NI, Size, Depth, Pixelsize, Created_label,
-Porosity, Permeability``. Only ``Created_label`` (the sample name), ``Porosity``, ``Permeability``
-and ``Pixelsize`` are required; an optional ``Reservoir`` column names the reservoir, otherwise it
-is the first 3 characters of the sample name (the original's ``<3-char reservoir><3-char sample>``
-naming).
-
-Sample of a flat ``db_test`` file, from its stem: the part before ``_slice`` when present
-(``E002M0_slice1.png`` -> ``E002M0``); otherwise the stem without a trailing ``_<digits>``
-(``E002M0_17.png`` -> ``E002M0``); otherwise the whole stem.
+The folder layout is :mod:`rockir_jax.data.layout`'s. CSV columns of the original: ``Image, Label, GI,
+NI, Size, Depth, Pixelsize, Created_label, Porosity, Permeability``. Only ``Created_label`` (the sample
+name), ``Porosity``, ``Permeability`` and ``Pixelsize`` are required; an optional ``Reservoir`` column
+names the reservoir, otherwise it is the first 3 characters of the sample name (the original's
+``<3-char reservoir><3-char sample>`` naming).
 
 Every image's targets come from its *own* sample's row (the original looked both images of a pair up
 from image 0's folder, so ``same_meta`` was always 1).
 
 :func:`index_dataset` scans and validates everything before any training and raises one
-:class:`DataValidationError` that lists every problem, each naming its file or CSV line. Hidden
-files (names starting with ``.``, e.g. ``.DS_Store``) are ignored; every other file is either a
-readable image or an error.
+:class:`DataValidationError` that lists every problem, each naming its file or CSV line; every
+visible file is either a readable image or an error.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,8 +26,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-SPLITS = ("train", "val", "db_test")
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+from rockir_jax.data.layout import SPLITS, scan_split
+
 REQUIRED_COLUMNS = ("Created_label", "Porosity", "Permeability", "Pixelsize")
 SAMPLE_COLUMN = "Created_label"
 RESERVOIR_COLUMN = "Reservoir"
@@ -182,20 +169,6 @@ def check_image(path: Path) -> str | None:
 # Sample naming
 
 
-_SLICE = re.compile(r"^(.+?)_slice.*$")
-_TRAILING_NUMBER = re.compile(r"^(.+)_\d+$")
-
-
-def sample_from_filename(filename: str) -> str:
-    """Sample name of a flat ``db_test`` file (see the module docstring for the rule)."""
-    stem = Path(filename).stem
-    for pattern in (_SLICE, _TRAILING_NUMBER):
-        match = pattern.match(stem)
-        if match:
-            return match.group(1)
-    return stem
-
-
 def reservoir_from_sample(sample: str) -> str:
     """The original naming convention: the first 3 characters of the sample name."""
     return sample[:3]
@@ -252,38 +225,6 @@ class DatasetIndex:
     @property
     def target_names(self) -> tuple[str, ...]:
         return self.target_spec.names
-
-
-def _scan_split(root: Path, split: str, problems: list[str]) -> list[tuple[Path, str]]:
-    """(image path, sample name) for one split; structural problems are appended to ``problems``."""
-    split_dir = root / split
-    found: list[tuple[Path, str]] = []
-
-    def visible(directory: Path) -> list[Path]:
-        return sorted(p for p in directory.iterdir() if not p.name.startswith("."))
-
-    def add_file(path: Path, sample: str) -> None:
-        if path.is_dir():
-            problems.append(f"{path}: unexpected directory (expected image files)")
-        elif path.suffix.lower() not in IMAGE_SUFFIXES:
-            problems.append(f"{path}: not an image file (accepted: {', '.join(IMAGE_SUFFIXES)})")
-        else:
-            found.append((path, sample))
-
-    if split == "db_test":
-        for path in visible(split_dir):
-            add_file(path, sample_from_filename(path.name))
-        return found
-    for entry in visible(split_dir):
-        if not entry.is_dir():
-            problems.append(f"{entry}: file outside a sample folder in {split}/")
-            continue
-        files = visible(entry)
-        if not files:
-            problems.append(f"{entry}: sample folder has no images")
-        for path in files:
-            add_file(path, entry.name)
-    return found
 
 
 def _read_metadata_csv(
@@ -394,7 +335,7 @@ def index_dataset(
             if split == "train":
                 problems.append(f"{root / 'train'}: required split folder is missing")
             continue
-        scanned[split] = _scan_split(root, split, problems)
+        scanned[split] = scan_split(root, split, problems)
         if not scanned[split]:
             problems.append(f"{root / split}: split has no images")
 

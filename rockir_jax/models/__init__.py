@@ -2,7 +2,7 @@
 
 from rockir_jax.models.dsnn import DSNN, SiameseNet, VanillaNet, build_model, l2_normalize
 from rockir_jax.models.heads import GatedSiameseHead, RegressionHead, SiameseHead
-from rockir_jax.models.resnet import FEATURE_DIM, ResNet, ResNet18, ResNet34, build_resnet
+from rockir_jax.models.resnet import FEATURE_DIM, ResNet, resnet
 
 __all__ = [
     "DSNN",
@@ -10,12 +10,10 @@ __all__ = [
     "GatedSiameseHead",
     "RegressionHead",
     "ResNet",
-    "ResNet18",
-    "ResNet34",
     "SiameseHead",
     "SiameseNet",
     "VanillaNet",
     "build_model",
-    "build_resnet",
     "l2_normalize",
+    "resnet",
 ]

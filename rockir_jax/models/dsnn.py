@@ -8,12 +8,16 @@ batches separately and updates its running statistics twice per step, as torch d
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax.numpy as jnp
 
 from rockir_jax.models.heads import GatedSiameseHead, RegressionHead, SiameseHead
-from rockir_jax.models.resnet import build_resnet
+from rockir_jax.models.resnet import resnet
 from rockir_jax.models.winograd import ConvAlgorithm
+
+ModuleDef = Callable[..., nn.Module]
 
 
 def l2_normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
@@ -35,18 +39,14 @@ class DSNN(nn.Module):
     """Double Siamese Network: image and rock backbones, gated Siamese head, regression head.
 
     Attributes:
-      backbone: ``"resnet18"`` or ``"resnet34"``, for both branches.
+      backbone: the factory of both branches' backbone (e.g. ``resnet("resnet18", axis_name="data")``),
+        a module returning feature maps of ``output="feature_map"`` and pooled features of
+        ``output="pooled"``.
       num_extra_targets: regression outputs beyond porosity and log-permeability.
-      axis_name: mesh axis for cross-device BatchNorm in training.
-      dtype: computation dtype; parameters, statistics and heads' outputs stay float32.
-      conv_algorithm: the backbones' 3×3 convolutions (:class:`rockir_jax.models.ResNet`).
     """
 
-    backbone: str = "resnet18"
+    backbone: ModuleDef
     num_extra_targets: int = 0
-    axis_name: str | None = None
-    dtype: jnp.dtype = jnp.float32
-    conv_algorithm: ConvAlgorithm = "auto"
 
     def setup(self):
         self.image_backbone = self.backbone_module()
@@ -57,9 +57,7 @@ class DSNN(nn.Module):
     @nn.nowrap
     def backbone_module(self) -> nn.Module:
         """A new, unbound ResNet of the shape both branches have (for steps that run one branch alone)."""
-        return build_resnet(
-            self.backbone, axis_name=self.axis_name, dtype=self.dtype, conv_algorithm=self.conv_algorithm
-        )
+        return self.backbone()
 
     def __call__(
         self, image0: jnp.ndarray, image1: jnp.ndarray, train: bool = False
@@ -95,15 +93,10 @@ class DSNN(nn.Module):
 class SiameseNet(nn.Module):
     """The paper's Siamese ResNet baseline: one backbone, similarity of ``mean_hw|h1 - h2|``."""
 
-    backbone: str = "resnet18"
-    axis_name: str | None = None
-    dtype: jnp.dtype = jnp.float32
-    conv_algorithm: ConvAlgorithm = "auto"
+    backbone: ModuleDef
 
     def setup(self):
-        self.image_backbone = build_resnet(
-            self.backbone, axis_name=self.axis_name, dtype=self.dtype, conv_algorithm=self.conv_algorithm
-        )
+        self.image_backbone = self.backbone()
         self.head = SiameseHead()
 
     def __call__(
@@ -121,14 +114,10 @@ class SiameseNet(nn.Module):
 class VanillaNet(nn.Module):
     """The untrained baseline: normalised pooled features of a (pretrained) backbone."""
 
-    backbone: str = "resnet34"
-    dtype: jnp.dtype = jnp.float32
-    conv_algorithm: ConvAlgorithm = "auto"
+    backbone: ModuleDef
 
     def setup(self):
-        self.image_backbone = build_resnet(
-            self.backbone, dtype=self.dtype, conv_algorithm=self.conv_algorithm
-        )
+        self.image_backbone = self.backbone()
 
     def __call__(self, images: jnp.ndarray) -> dict[str, jnp.ndarray]:
         return self.embed(images)
@@ -147,11 +136,15 @@ def build_model(
     dtype: jnp.dtype = jnp.float32,
     conv_algorithm: ConvAlgorithm = "auto",
 ) -> nn.Module:
-    """``build_model("dsnn" | "siamese" | "vanilla", "resnet18" | "resnet34", ...)``."""
-    if model == "dsnn":
-        return DSNN(backbone, num_extra_targets, axis_name, dtype, conv_algorithm)
-    if model == "siamese":
-        return SiameseNet(backbone, axis_name, dtype, conv_algorithm)
+    """``build_model("dsnn" | "siamese" | "vanilla", "resnet18" | "resnet34", ...)``: the network with
+    its backbone factory (:func:`rockir_jax.models.resnet.resnet`) built from the config's names."""
     if model == "vanilla":
-        return VanillaNet(backbone, dtype, conv_algorithm)
+        axis_name = None  # never trained
+    factory = resnet(backbone, axis_name=axis_name, dtype=dtype, conv_algorithm=conv_algorithm)
+    if model == "dsnn":
+        return DSNN(factory, num_extra_targets)
+    if model == "siamese":
+        return SiameseNet(factory)
+    if model == "vanilla":
+        return VanillaNet(factory)
     raise ValueError(f"unknown model {model!r}; choose 'dsnn', 'siamese' or 'vanilla'")

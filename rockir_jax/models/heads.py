@@ -1,7 +1,7 @@
 """The DSNN's heads, on NHWC backbone feature maps, with the original RockIR's exact math.
 
 Submodule names follow the original PyTorch modules (``fc_out_image``, ``fc_fusion2``, ``out_por`` …) so
-its checkpoints port with a table (:func:`rockir_jax.porting.import_rockir_heads`).
+its checkpoints port with a table (:func:`rockir_jax.models.resnet_params.import_rockir_heads`).
 """
 
 from __future__ import annotations

@@ -2,13 +2,13 @@
 
 Submodule names mirror torchvision's state-dict keys (``conv1``, ``bn1``, ``layer1_0.conv1``,
 ``layer2_0.downsample_conv`` …) so that weight porting is a plain table (see
-:mod:`rockir_jax.porting`). Padding is explicit because ``SAME`` padding does not reproduce
+:mod:`rockir_jax.models.resnet_params`). Padding is explicit because ``SAME`` padding does not reproduce
 torchvision's strided convolutions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Literal
 
@@ -140,12 +140,10 @@ class ResNet(nn.Module):
         return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
 
 
-ResNet18 = partial(ResNet, stage_sizes=STAGE_SIZES["resnet18"])
-ResNet34 = partial(ResNet, stage_sizes=STAGE_SIZES["resnet34"])
-
-
-def build_resnet(arch: str, **kwargs) -> ResNet:
-    """``build_resnet("resnet18" | "resnet34", **module_attributes)``."""
+def resnet(arch: str, **attributes) -> Callable[..., ResNet]:
+    """The factory of a torchvision-layout ``arch`` (``"resnet18"`` or ``"resnet34"``) with ``attributes``
+    (``num_classes``, ``axis_name``, ``dtype``, ``conv_algorithm``): call it for a module, as flax's
+    examples inject ``conv`` and ``norm``."""
     if arch not in STAGE_SIZES:
         raise ValueError(f"unknown backbone {arch!r}; choose one of {sorted(STAGE_SIZES)}")
-    return ResNet(stage_sizes=STAGE_SIZES[arch], **kwargs)
+    return partial(ResNet, stage_sizes=STAGE_SIZES[arch], **attributes)

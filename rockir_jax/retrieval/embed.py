@@ -9,9 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from rockir_jax.data.metadata import TargetSpec, targets_to_physical
@@ -19,9 +22,23 @@ from rockir_jax.data.pipeline import eval_iterator
 from rockir_jax.data.sources import SplitSource
 from rockir_jax.retrieval.knn import knn
 from rockir_jax.retrieval.metrics import metadata_metrics, retrieval_metrics
-from rockir_jax.step import shard_batch
+from rockir_jax.sharding import DATA_AXIS, shard_batch
 
 EmbedStep = Callable[[Mapping[str, Any], jax.Array], dict[str, jax.Array]]
+
+
+def make_embed_step(
+    mesh: Mesh, model: nn.Module
+) -> Callable[[Mapping[str, Any], jax.Array], dict[str, jax.Array]]:
+    """``embed_step(variables, images) -> model.embed(images)``, images and outputs split on ``data``."""
+
+    def per_device(variables, images):
+        return model.apply(variables, images, method=model.embed)
+
+    sharded = jax.shard_map(
+        per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(DATA_AXIS), check_vma=False
+    )
+    return jax.jit(sharded)
 
 
 def embed_source(
@@ -32,7 +49,7 @@ def embed_source(
     batch_size: int,
     progress: str | None = None,
 ) -> dict[str, np.ndarray]:
-    """Runs ``embed_step`` (:func:`rockir_jax.step.make_embed_step`) over every image of ``source``.
+    """Runs ``embed_step`` (:func:`make_embed_step`) over every image of ``source``.
 
     Returns ``embedding`` ``(N, D)``, ``reg`` ``(N, T)`` when the model predicts metadata, and the
     split's ``sample_id``, ``reservoir_id``, ``targets`` and ``index``, in the split's order.

@@ -9,7 +9,7 @@ For one query the figure has three rows of hits, each the best three (in ranking
 and the query itself in a column on the left. Every hit is titled with its absolute rank in the
 query's ranking (1 = nearest, the query itself excluded), its true and predicted porosity and
 permeability. Permeabilities are shown as given: pass physical values (multiplied back by
-Pixelsize², DESIGN §2.5).
+Pixelsize²).
 """
 
 from __future__ import annotations

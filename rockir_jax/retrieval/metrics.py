@@ -11,7 +11,7 @@ rank i (1-based) and ``P@i = (Σ_{j≤i} rel_j) / i``:
 * AP@k, original RockIR = ``Σ_{i≤k} P@i · rel_i / k``   (divides by k: < 1 when |R| < k)
 * AP          = ``Σ_{i≤M} P@i · rel_i / |R|``   (over the full ranking; relevant items the
   ranking does not reach count as never retrieved)
-* hit rate@k  = ``1 if Σ_{i≤k} rel_i ≥ 1 else 0``   (DESIGN §3's "recall@k")
+* hit rate@k  = ``1 if Σ_{i≤k} rel_i ≥ 1 else 0``   (the paper's "recall@k")
 * recall@k    = ``Σ_{i≤k} rel_i / |R|``   (the fraction of the relevant items retrieved)
 
 Queries with no relevant item (|R| = 0) get NaN from every metric normalised by |R|;
@@ -24,6 +24,49 @@ from collections.abc import Mapping
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+LEVELS = ("sample", "reservoir")
+"""Relevance levels: a hit is relevant when it shows the query's sample, or its reservoir."""
+
+RANKING_METRICS = {
+    "map@{k}": ("mAP@{k}", r"mAP@{k} (AP / min(\|R\|, k))"),
+    "map": ("mAP", "mAP (full ranking)"),
+    "precision@{k}": ("P@{k}", "precision@{k}"),
+    "recall@{k}": ("recall@{k}", r"recall@{k} (fraction of \|R\| in top {k})"),
+    "hit_rate@{k}": ("hit@{k}", "hit rate@{k} (≥ 1 relevant in top {k}; the paper's recall@k)"),
+    "map@{k}_original": ("AP@{k} original", "AP@{k}, original RockIR (divides by k)"),
+}
+"""Every ranking metric's name (``{k}`` the cut-off) → (short label for tables, description)."""
+
+METADATA_METRICS = {
+    "porosity_mae": "porosity MAE",
+    "log10_permeability_rmse": "log10 k RMSE",
+    "log10_permeability_r2": "log10 k R²",
+}
+"""Every metadata metric's name → label."""
+
+BEST_CHECKPOINT_METRIC = ("reservoir", "map@{k}")
+"""The validation metric that picks a run's best checkpoint: reservoir mAP@k."""
+
+
+def metric_key(level: str, name: str, k: int) -> str:
+    """The flat key of a metric, as in reports and logs: ``metric_key("reservoir", "map@{k}", 10)`` is
+    ``"reservoir/map@10"``; metadata metrics take the level ``"metadata"``."""
+    return f"{level}/{name.format(k=k)}"
+
+
+def best_checkpoint_metric(k: int) -> str:
+    """The key of :data:`BEST_CHECKPOINT_METRIC` at cut-off ``k``."""
+    return metric_key(*BEST_CHECKPOINT_METRIC, k)
+
+
+def metric_label(key: str, k: int) -> str:
+    """A short human label of a flat metric key: ``"reservoir/map@10"`` → ``"reservoir mAP@10"``."""
+    level, name = key.split("/", 1)
+    if level == "metadata":
+        return METADATA_METRICS[name]
+    template = next(t for t in RANKING_METRICS if t.format(k=k) == name)
+    return f"{level} {RANKING_METRICS[template][0].format(k=k)}"
 
 
 def _relevance(relevant: ArrayLike, k: int | None = None) -> np.ndarray:
@@ -81,7 +124,7 @@ def average_precision(relevant: ArrayLike, n_relevant: ArrayLike | None = None) 
 
 
 def hit_rate_at_k(relevant: ArrayLike, k: int) -> np.ndarray:
-    """(Q,) 1.0 where at least one of the top k is relevant, else 0.0 (DESIGN §3's recall@k)."""
+    """(Q,) 1.0 where at least one of the top k is relevant, else 0.0 (the paper's "recall@k")."""
     rel = _relevance(relevant, k)
     return rel[:, :k].any(axis=1).astype(np.float64)
 
@@ -137,7 +180,7 @@ def retrieval_metrics(
     Returns:
         level → ``{"map@k", "map@k_original", "map", "precision@k", "hit_rate@k", "recall@k",
         "n_queries", "n_queries_without_relevant"}`` (with the number in place of k). Means are
-        over the queries that have at least one relevant item; ``hit_rate@k`` is DESIGN §3's
+        over the queries that have at least one relevant item; ``hit_rate@k`` is the paper's
         recall@k (≥ 1 relevant in the top k) and ``recall@k`` the fraction of relevant items
         retrieved.
     """

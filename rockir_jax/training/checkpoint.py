@@ -15,9 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from rockir_jax.step import TrainState
-
-BEST_METRIC = "reservoir/map@10"
+from rockir_jax.training.step import TrainState
 
 
 def _state_tree(state: TrainState) -> dict[str, Any]:
@@ -32,21 +30,21 @@ def _state_tree(state: TrainState) -> dict[str, Any]:
 class Checkpointer:
     """Saves and restores a run's checkpoints in ``directory``.
 
-    Keeps the latest ``keep`` checkpoints and, among those saved with validation metrics, the one with
-    the highest ``best_metric``.
+    Keeps the latest ``keep`` checkpoints and, with a ``best_metric`` (a key of the validation metrics
+    saved with checkpoints, e.g. ``"reservoir/map@10"``), also the one where it is highest.
     """
 
-    def __init__(self, directory: str | Path, keep: int = 3, best_metric: str = BEST_METRIC):
-        policy = checkpoint_managers.AnyPreservationPolicy(
-            [
-                checkpoint_managers.LatestN(n=keep),
+    def __init__(self, directory: str | Path, keep: int = 3, best_metric: str | None = None):
+        policies = [checkpoint_managers.LatestN(n=keep)]
+        if best_metric is not None:
+            policies.append(
                 checkpoint_managers.BestN(
                     get_metric_fn=lambda metrics: metrics[best_metric],
                     n=1,
                     keep_checkpoints_without_metrics=False,
-                ),
-            ]
-        )
+                )
+            )
+        policy = checkpoint_managers.AnyPreservationPolicy(policies)
         options = ocp.CheckpointManagerOptions(
             create=True, cleanup_tmp_directories=True, preservation_policy=policy
         )
@@ -55,9 +53,6 @@ class Checkpointer:
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
-
-    def best_step(self) -> int | None:
-        return self.manager.best_step()
 
     def save(
         self,

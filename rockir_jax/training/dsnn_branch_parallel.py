@@ -1,6 +1,6 @@
 """How a training run spreads over its devices: data parallelism, or branch parallelism for the DSNN.
 
-**Data parallel** (:mod:`rockir_jax.step`): a 1-D ``data`` mesh; every device runs all four backbone
+**Data parallel** (:mod:`rockir_jax.training.step`): a 1-D ``data`` mesh; every device runs all four backbone
 passes on its share of the batch, BatchNorm all-reduces per layer and every gradient is all-reduced.
 
 **Branch parallel** (DSNN only): a ``data`` × ``branch`` mesh of shape (N/2, 2). The devices of branch 0
@@ -19,20 +19,18 @@ everything downstream use the model's own layout; :meth:`Layout.canonical` conve
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rockir_jax import step as step_lib
 from rockir_jax.models.dsnn import backbone_features
-from rockir_jax.step import DATA_AXIS, LossFn, TrainState
+from rockir_jax.sharding import DATA_AXIS
+from rockir_jax.training.step import LossFn, TrainState
 
 BRANCH_AXIS = "branch"
 STACKED = "backbones"
@@ -75,7 +73,7 @@ def unstack_backbones(tree: Any) -> Any:
     return jax.tree.map(unstack, tree, is_leaf=_is_stacked)
 
 
-def _shardings(tree: Any, mesh: Mesh) -> Any:
+def state_shardings(tree: Any, mesh: Mesh) -> Any:
     """Shardings of a branch-layout tree: stacked leaves split over ``branch``, the rest replicated."""
 
     def sharding(path, _):
@@ -140,7 +138,7 @@ def make_branch_train_step(
         return state.apply_gradients(grads=grads, batch_stats=batch_stats), terms
 
     def specs(state: TrainState) -> Any:
-        return jax.tree.map(lambda sharding: sharding.spec, _shardings(state, mesh))
+        return jax.tree.map(lambda sharding: sharding.spec, state_shardings(state, mesh))
 
     def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
         sharded = jax.shard_map(
@@ -153,72 +151,3 @@ def make_branch_train_step(
         return sharded(state, batch)
 
     return jax.jit(train_step, donate_argnums=0)
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """A training run's devices and how the train state lies on them.
-
-    Attributes:
-      mesh: the train step's mesh (``data``, or ``data`` × ``branch``).
-      data_mesh: a 1-D ``data`` mesh over the same devices, for validation and embedding.
-      branch_parallel: whether the DSNN's backbones are split over ``branch``.
-    """
-
-    mesh: Mesh
-    data_mesh: Mesh
-    branch_parallel: bool
-
-    def describe(self) -> str:
-        devices = self.mesh.devices.size
-        if self.branch_parallel:
-            return f"{devices} devices, branch parallel: each backbone on {devices // 2} of them"
-        return f"{devices} devices, data parallel"
-
-    def place(self, state: TrainState) -> TrainState:
-        """A state in the model's layout → the training layout, on the mesh."""
-        if not self.branch_parallel:
-            return step_lib.replicate(state, self.mesh)
-        stacked = stack_backbones(state)
-        return jax.device_put(stacked, _shardings(stacked, self.mesh))
-
-    def canonical(self, state: TrainState) -> TrainState:
-        """A training-layout state → the model's layout, replicated on :attr:`data_mesh`."""
-        if not self.branch_parallel:
-            return state
-        return jax.jit(unstack_backbones, out_shardings=NamedSharding(self.data_mesh, P()))(state)
-
-    def train_step(self, model: nn.Module, loss_fn: LossFn):
-        """The jitted train step for states from :meth:`place`."""
-        if self.branch_parallel:
-            return make_branch_train_step(self.mesh, model, loss_fn)
-        return step_lib.make_train_step(self.mesh, loss_fn)
-
-    def shard_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
-        """A global batch split over ``data`` (and repeated over ``branch``)."""
-        return step_lib.shard_batch(batch, self.mesh)
-
-
-def plan(
-    devices: Sequence[jax.Device],
-    global_batch_size: int,
-    *,
-    requested: int = 0,
-    branch_parallel: bool = False,
-) -> Layout:
-    """The layout of a run: which devices (see :func:`step.data_parallel_devices`) and how.
-
-    Branch parallelism needs an even device count; with an odd one (a single device, say) the run is
-    data parallel. ``requested`` devices are taken as they are.
-    """
-    chosen = step_lib.data_parallel_devices(devices, global_batch_size, requested)
-    data_mesh = step_lib.make_mesh(chosen)
-    step_lib.check_divisible(global_batch_size, data_mesh)
-    if branch_parallel and len(chosen) % 2 == 0:
-        branch_mesh = Mesh(
-            np.asarray(chosen).reshape(-1, 2),
-            (DATA_AXIS, BRANCH_AXIS),
-            axis_types=(jax.sharding.AxisType.Auto,) * 2,
-        )
-        return Layout(branch_mesh, data_mesh, branch_parallel=True)
-    return Layout(data_mesh, data_mesh, branch_parallel=False)

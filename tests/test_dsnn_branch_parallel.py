@@ -4,12 +4,14 @@ import jax
 import numpy as np
 import optax
 import pytest
+from benchmark_lib import pair_batch
 from flax import traverse_util
 
-from rockir_jax import losses, parallel, step
-from rockir_jax.benchmark import pair_batch
+from rockir_jax import sharding
 from rockir_jax.models import build_model
-from rockir_jax.optim import adamw_amsgrad
+from rockir_jax.training import dsnn_branch_parallel, losses, step
+from rockir_jax.training import layout as layout_lib
+from rockir_jax.training.optim import adamw_amsgrad
 
 GLOBAL_BATCH = 8
 IMAGE_SIZE = 32
@@ -28,7 +30,7 @@ def _max_error(tree, reference) -> tuple[float, str]:
 
 @pytest.fixture(scope="module")
 def model_and_variables():
-    model = build_model("dsnn", "resnet18", axis_name=step.DATA_AXIS)
+    model = build_model("dsnn", "resnet18", axis_name=sharding.DATA_AXIS)
     variables = jax.tree.map(np.asarray, step.init_variables(model, jax.random.key(0), IMAGE_SIZE))
     # Zero-initialised biases would make "relative to the parameters" mean "relative to one update".
     rng = np.random.default_rng(1)
@@ -53,7 +55,7 @@ def reference(model_and_variables):
     """One plain-SGD step on one device (a linear rule keeps the parameters a faithful image of the
     gradients; Adam's first step maps each gradient element to about ±lr)."""
     model, variables = model_and_variables
-    layout = parallel.plan(jax.devices()[:1], GLOBAL_BATCH, branch_parallel=True)
+    layout = layout_lib.plan(jax.devices()[:1], GLOBAL_BATCH, branch_parallel=True)
     assert not layout.branch_parallel, "one device cannot split the branches"
     return _one_step(model, variables, layout, optax.sgd(0.005))
 
@@ -61,7 +63,7 @@ def reference(model_and_variables):
 @pytest.mark.parametrize("devices", [2, 8])
 def test_branch_parallel_step_equals_one_device(model_and_variables, reference, devices):
     model, variables = model_and_variables
-    layout = parallel.plan(jax.devices()[:devices], GLOBAL_BATCH, branch_parallel=True)
+    layout = layout_lib.plan(jax.devices()[:devices], GLOBAL_BATCH, branch_parallel=True)
     assert layout.branch_parallel and dict(layout.mesh.shape) == {"data": devices // 2, "branch": 2}
     state, metrics = _one_step(model, variables, layout, optax.sgd(0.005))
     ref_state, ref_metrics = reference
@@ -74,12 +76,12 @@ def test_branch_parallel_step_equals_one_device(model_and_variables, reference, 
 
 def test_each_backbone_lives_on_its_own_branch(model_and_variables):
     model, variables = model_and_variables
-    layout = parallel.plan(jax.devices()[:2], GLOBAL_BATCH, branch_parallel=True)
+    layout = layout_lib.plan(jax.devices()[:2], GLOBAL_BATCH, branch_parallel=True)
     state = layout.place(step.create_train_state(model, variables, adamw_amsgrad(1e-4)))
     kernel = state.params["backbones"]["conv1"]["kernel"]
     expected = {
         device: variables["params"][name]["conv1"]["kernel"]
-        for device, name in zip(layout.mesh.devices[0], parallel.BRANCHES, strict=True)
+        for device, name in zip(layout.mesh.devices[0], dsnn_branch_parallel.BRANCHES, strict=True)
     }
     for shard in kernel.addressable_shards:
         np.testing.assert_array_equal(np.asarray(shard.data)[0], expected[shard.device])
@@ -91,7 +93,7 @@ def test_each_backbone_lives_on_its_own_branch(model_and_variables):
 
 def test_canonical_layout_round_trip(model_and_variables):
     model, variables = model_and_variables
-    layout = parallel.plan(jax.devices(), GLOBAL_BATCH, branch_parallel=True)
+    layout = layout_lib.plan(jax.devices(), GLOBAL_BATCH, branch_parallel=True)
     state = step.create_train_state(model, variables, adamw_amsgrad(1e-4))
     back = jax.device_get(layout.canonical(layout.place(state)))
     for original, restored in [(state.params, back.params), (state.opt_state, back.opt_state)]:
@@ -107,7 +109,7 @@ def test_canonical_layout_round_trip(model_and_variables):
 def test_plan_splits_branches_only_over_an_even_device_count(
     devices, batch, branch_parallel, expected_branch_parallel, data_shards
 ):
-    layout = parallel.plan(jax.devices()[:devices], batch, branch_parallel=branch_parallel)
+    layout = layout_lib.plan(jax.devices()[:devices], batch, branch_parallel=branch_parallel)
     assert layout.branch_parallel == expected_branch_parallel
     assert layout.mesh.shape["data"] == data_shards
     assert layout.data_mesh.devices.size == devices
@@ -115,4 +117,4 @@ def test_plan_splits_branches_only_over_an_even_device_count(
 
 def test_plan_refuses_a_requested_count_that_does_not_split_the_batch():
     with pytest.raises(ValueError, match="does not divide evenly over 3 devices"):
-        parallel.plan(jax.devices(), GLOBAL_BATCH, requested=3, branch_parallel=True)
+        layout_lib.plan(jax.devices(), GLOBAL_BATCH, requested=3, branch_parallel=True)

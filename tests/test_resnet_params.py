@@ -6,8 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from rockir_jax import porting
-from rockir_jax.models import ResNet18, ResNet34, build_resnet
+from rockir_jax.models import resnet, resnet_params
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -37,7 +36,7 @@ def ported(request, tmp_path_factory):
     model = _torchvision_model(arch)
     path = tmp_path_factory.mktemp(arch) / f"{arch}.pth"
     torch.save(model.state_dict(), path)
-    variables = porting.torchvision_to_flax(porting.load_torch_state_dict(path), arch=arch)
+    variables = resnet_params.torchvision_to_flax(resnet_params.load_torch_state_dict(path), arch=arch)
     return arch, model, variables
 
 
@@ -59,7 +58,7 @@ def test_eval_logits_and_pooled_match_torchvision(ported, height, width):
     with torch.no_grad():
         logits_ref = model(torch.from_numpy(x)).numpy()
         pooled_ref = _torch_pooled(model, torch.from_numpy(x)).numpy()
-    flax_model = build_resnet(arch, num_classes=1000)
+    flax_model = resnet(arch, num_classes=1000)()
     x_nhwc = x.transpose(0, 2, 3, 1)
     logits = flax_model.apply(variables, x_nhwc, train=False)
     pooled = flax_model.apply(variables, x_nhwc, train=False, output="pooled")
@@ -77,7 +76,9 @@ def test_public_api_resnet18_logits(ported, conv_algorithm):
     model.eval()
     with torch.no_grad():
         reference = model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
-    logits = ResNet18(num_classes=1000, conv_algorithm=conv_algorithm).apply(variables, x, train=False)
+    logits = resnet("resnet18", num_classes=1000, conv_algorithm=conv_algorithm)().apply(
+        variables, x, train=False
+    )
     assert _relative_error(logits, reference) <= RTOL
 
 
@@ -98,7 +99,7 @@ def test_train_mode_batch_statistics_match_torchvision(ported):
     new_var_ref = model.bn1.running_var.clone().numpy()
     model.load_state_dict(_torchvision_model(arch).state_dict())  # undo the update for later tests
 
-    logits, updates = build_resnet(arch, num_classes=1000).apply(
+    logits, updates = resnet(arch, num_classes=1000)().apply(
         variables, x.transpose(0, 2, 3, 1), train=True, mutable=["batch_stats"]
     )
     assert _relative_error(logits, logits_ref) <= 1e-4
@@ -117,9 +118,9 @@ def test_rockir_sequential_naming_ports_like_torchvision(ported, tmp_path):
     backbone = torch.nn.Sequential(*list(model.children())[:-2])
     path = tmp_path / "rockir_backbone.pt"
     torch.save({f"module.{key}": value for key, value in backbone.state_dict().items()}, path)
-    state = porting.load_torch_state_dict(path)
+    state = resnet_params.load_torch_state_dict(path)
     assert "0.weight" in state and "7.1.bn2.running_var" in state
-    sequential = porting.torchvision_to_flax(state, arch=arch)
+    sequential = resnet_params.torchvision_to_flax(state, arch=arch)
     expected = dict(variables)
     expected["params"] = {k: v for k, v in variables["params"].items() if k != "fc"}
     jax.tree.map(np.testing.assert_array_equal, sequential, expected)
@@ -129,8 +130,8 @@ def test_rockir_sequential_naming_ports_like_torchvision(ported, tmp_path):
 def test_wrong_architecture_lists_every_mismatch(tmp_path):
     path = tmp_path / "resnet34.pth"
     torch.save(_torchvision_model("resnet34").state_dict(), path)
-    with pytest.raises(porting.PortingError) as error:
-        porting.torchvision_to_flax(porting.load_torch_state_dict(path), arch="resnet18")
+    with pytest.raises(resnet_params.PortingError) as error:
+        resnet_params.torchvision_to_flax(resnet_params.load_torch_state_dict(path), arch="resnet18")
     message = str(error.value)
     # ResNet-34 has blocks layer1.2, layer2.2-3, layer3.2-5 and layer4.2 that ResNet-18 lacks.
     extra_blocks = {"layer1.2", "layer2.2", "layer2.3", "layer3.2", "layer3.5", "layer4.2"}
@@ -143,8 +144,8 @@ def test_wrong_architecture_lists_every_mismatch(tmp_path):
 def test_missing_key_is_reported(ported):
     arch, model, _ = ported
     state = {k: v.numpy() for k, v in model.state_dict().items() if k != "layer4.1.bn2.running_var"}
-    with pytest.raises(porting.PortingError, match=r"missing key for batch_stats/layer4_1/bn2/var"):
-        porting.torchvision_to_flax(state, arch=arch)
+    with pytest.raises(resnet_params.PortingError, match=r"missing key for batch_stats/layer4_1/bn2/var"):
+        resnet_params.torchvision_to_flax(state, arch=arch)
 
 
 def test_port_script_writes_restorable_checkpoint(tmp_path):
@@ -154,7 +155,7 @@ def test_port_script_writes_restorable_checkpoint(tmp_path):
     path = tmp_path / "resnet18.pth"
     torch.save(model.state_dict(), path)
     assert main(["--arch", "resnet18", "--pth", str(path), "--out", str(tmp_path / "ported")]) == 0
-    restored = porting.load_variables(tmp_path / "ported")
+    restored = resnet_params.load_variables(tmp_path / "ported")
     np.testing.assert_array_equal(
         restored["params"]["conv1"]["kernel"],
         model.conv1.weight.detach().numpy().transpose(2, 3, 1, 0),
@@ -163,4 +164,4 @@ def test_port_script_writes_restorable_checkpoint(tmp_path):
 
 
 def test_resnet34_partial_is_public():
-    assert ResNet34().stage_sizes == (3, 4, 6, 3)
+    assert resnet("resnet34")().stage_sizes == (3, 4, 6, 3)

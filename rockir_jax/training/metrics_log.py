@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -12,11 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-
-def _json_line(record: dict) -> str:
-    """Strict JSON: ``NaN`` and ``Infinity`` are not JSON, and jq or browsers refuse them."""
-    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
-    return json.dumps(clean, allow_nan=False) + "\n"
+from rockir_jax.jsonio import json_line
 
 
 class MetricsLog:
@@ -29,7 +25,7 @@ class MetricsLog:
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
         """Appends one record; undefined values (NaN, e.g. R² of a constant target) are written as null."""
         with self.path.open("a") as f:
-            f.write(_json_line({"step": step, "split": split, **metrics}))
+            f.write(json_line({"step": step, "split": split, **metrics}))
 
     def read(self) -> list[dict]:
         """All records; after a resume, a step logged twice keeps its last record."""
@@ -45,7 +41,7 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         """Drops records beyond ``step``: a resumed run logs those steps again."""
         kept = [r for r in self.read() if r["step"] <= step]
-        self.path.write_text("".join(_json_line(r) for r in kept))
+        self.path.write_text("".join(json_line(r) for r in kept))
 
     def plot(self) -> Path:
         """Loss terms, validation loss, retrieval mAP@k and metadata errors against step."""
@@ -58,7 +54,7 @@ class MetricsLog:
         panels = {
             "training losses": lambda n: n.startswith("train/loss"),
             "validation losses": lambda n: n.startswith("val/loss"),
-            "validation retrieval": lambda n: n.startswith("val/") and n.endswith("map@10"),
+            "validation retrieval": lambda n: n.startswith("val/") and re.search(r"/map@\d+$", n) is not None,
             "validation metadata": lambda n: n.startswith("val/metadata/"),
         }
         fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))

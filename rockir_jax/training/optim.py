@@ -1,7 +1,7 @@
 """The original's optimiser, ``torch.optim.AdamW(amsgrad=True)``, as an optax chain.
 
 ``optax.scale_by_amsgrad`` keeps the maximum of the bias-corrected second moment; torch keeps the maximum
-of the raw one and bias-corrects afterwards, which trains differently (DESIGN.md §5). Per step ``t``:
+of the raw one and bias-corrects afterwards, which trains differently. Per step ``t``:
 ``vmax = max(vmax, v)``; ``update = (m / (1 - b1**t)) / (sqrt(vmax) / sqrt(1 - b2**t) + eps)``.
 """
 

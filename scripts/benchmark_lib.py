@@ -1,13 +1,15 @@
-"""Speed benchmarks, measured side by side in one run: train step, k-NN search, input pipeline, embedding.
+"""The code of ``scripts/benchmark.py``: speed, measured side by side in one run.
+
+Train step, k-NN search, input pipeline and embedding.
 
 Every comparison runs in the same process run on the same machine, with repetitions interleaved
 (ours, reference, ours, reference, ...) so that load from other processes hits both sides alike, and is
 reported as medians and ratios:
 
 1. **train**: DSNN pairs/s of the jitted sharded step on a fixed device-resident batch, branch parallel
-   (what training uses on an even device count) and data parallel (:mod:`rockir_jax.parallel`), against an
-   eager PyTorch version of the original's step (two torchvision ResNet-18 trunks, gated and regression heads,
-   BCE + smooth-L1 loss, ``AdamW(amsgrad=True)``), written here from DESIGN.md §1.
+   (what training uses on an even device count) and data parallel (:mod:`rockir_jax.training.layout`),
+   against an eager PyTorch version of the original's step (two torchvision ResNet-18 trunks, gated and
+   regression heads, BCE + smooth-L1 loss, ``AdamW(amsgrad=True)``), written here from the original's code.
 2. **search**: queries/s of :class:`~rockir_jax.retrieval.KnnIndex` against ``faiss.IndexFlatL2`` at its
    best: BLAS threshold lowered, and its bundled OpenBLAS with and without ``OPENBLAS_CORETYPE=SkylakeX``.
    OpenBLAS reads that variable when it loads, so each FAISS setting lives in its own worker process
@@ -42,18 +44,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from rockir_jax import data, parallel, runtime
-from rockir_jax import step as step_lib
-from rockir_jax.losses import dsnn_loss
+from rockir_jax import data, runtime, sharding
 from rockir_jax.models import build_model
-from rockir_jax.optim import adamw_amsgrad
 from rockir_jax.retrieval import KnnIndex
+from rockir_jax.retrieval.embed import make_embed_step
+from rockir_jax.training import layout as layout_lib
+from rockir_jax.training import step as step_lib
+from rockir_jax.training.losses import dsnn_loss
+from rockir_jax.training.optim import adamw_amsgrad
 
 GFLOP_PER_PAIR_224 = 42.6
-"""DSNN training FLOPs per pair at 224² (4 ResNet-18 passes, forward + backward); DESIGN.md §5."""
+"""DSNN training FLOPs per pair at 224² (4 ResNet-18 passes, forward + backward)."""
 FAISS_CORETYPES = ("default", "SkylakeX")
 FAISS_BLAS_THRESHOLD = 20
-REPO_ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = Path(__file__).resolve().parent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +78,7 @@ class BenchConfig:
     embed_batch: int = 32
     pipeline_batches: int = 20
     pipeline_workers: tuple[int, ...] = (0, 2)
-    data_root: str = str(REPO_ROOT / "datasets" / "synthetic_rocks")
+    data_root: str = str(SCRIPTS.parent / "datasets" / "synthetic_rocks")
     peak_tflops: float | None = None
     num_devices: int = 0
     """devices of the data-parallel mesh (and of the search's database shards); 0 = all."""
@@ -84,7 +88,7 @@ class BenchConfig:
 
     def mesh(self) -> Mesh:
         """The 1-D ``data`` mesh over the first :attr:`num_devices` devices."""
-        return step_lib.make_mesh(self.devices())
+        return sharding.make_mesh(self.devices())
 
     def devices(self) -> list[jax.Device]:
         return jax.devices()[: self.num_devices or None]
@@ -185,7 +189,7 @@ def jax_dsnn(
     model = build_model(
         "dsnn",
         "resnet18",
-        axis_name=step_lib.DATA_AXIS,
+        axis_name=sharding.DATA_AXIS,
         dtype=jnp.dtype(dtype),
         conv_algorithm=conv_algorithm,
     )
@@ -193,7 +197,7 @@ def jax_dsnn(
 
 
 def jax_train_trial(
-    model: nn.Module, variables: Mapping[str, Any], batch: Mapping[str, np.ndarray], layout: parallel.Layout
+    model: nn.Module, variables: Mapping[str, Any], batch: Mapping[str, np.ndarray], layout: layout_lib.Layout
 ) -> Callable[[], None]:
     """One call = one jitted sharded DSNN train step on a device-resident batch, waited for."""
     # The step donates its state: copy, so the caller's variables (shared with the embed trial) survive.
@@ -212,7 +216,7 @@ def jax_train_trial(
 
 
 def torch_dsnn() -> Any:
-    """The original's DSNN in PyTorch (DESIGN.md §1): the model the reference step trains."""
+    """The original's DSNN in PyTorch: the model the reference step trains."""
     import torch
     import torchvision
 
@@ -305,19 +309,19 @@ def jax_embed_trial(
     model: nn.Module, variables: Mapping[str, Any], images: np.ndarray, mesh: Mesh
 ) -> Callable[[], None]:
     """One call = the sharded DSNN embedding of ``images`` (NHWC), waited for."""
-    step_lib.check_divisible(len(images), mesh)
-    placed = step_lib.replicate(variables, mesh)
-    device_images = step_lib.shard_batch({"images": images}, mesh)["images"]
-    embed_step = step_lib.make_embed_step(mesh, model)
+    sharding.check_divisible(len(images), mesh)
+    placed = sharding.replicate(variables, mesh)
+    device_images = sharding.shard_batch({"images": images}, mesh)["images"]
+    embed_step = make_embed_step(mesh, model)
     return lambda: jax.block_until_ready(embed_step(placed, device_images))
 
 
-def train_layouts(config: BenchConfig) -> dict[str, parallel.Layout]:
+def train_layouts(config: BenchConfig) -> dict[str, layout_lib.Layout]:
     """The train step's layouts to measure: branch parallel (first) where the device count allows it,
     and data parallel."""
     devices = config.devices()
-    layouts = {"data parallel": parallel.plan(devices, config.batch, requested=len(devices))}
-    branch = parallel.plan(devices, config.batch, requested=len(devices), branch_parallel=True)
+    layouts = {"data parallel": layout_lib.plan(devices, config.batch, requested=len(devices))}
+    branch = layout_lib.plan(devices, config.batch, requested=len(devices), branch_parallel=True)
     return {"branch parallel": branch, **layouts} if branch.branch_parallel else layouts
 
 
@@ -436,8 +440,8 @@ class FaissProcess:
         env.pop("OPENBLAS_CORETYPE", None)
         if coretype != "default":
             env["OPENBLAS_CORETYPE"] = coretype
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        code = "from rockir_jax.benchmark import faiss_worker; faiss_worker()"
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SCRIPTS), env.get("PYTHONPATH")]))
+        code = "from benchmark_lib import faiss_worker; faiss_worker()"
         self._process = subprocess.Popen(
             [sys.executable, "-c", code, str(database_path), str(queries_path), str(k)],
             stdin=subprocess.PIPE,
@@ -648,8 +652,3 @@ def append_report(path: str | Path, report: str) -> None:
     text = path.read_text() if path.exists() else BENCHMARKS_HEADER
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text.rstrip("\n") + "\n\n" + report)
-
-
-def rows_as_json(rows: Sequence[Row]) -> list[dict[str, Any]]:
-    """The rows as JSON-ready dicts, ratio included."""
-    return [dataclasses.asdict(row) | {"ratio": row.ratio} for row in rows]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import jax.numpy as jnp
 
-DSNN_LOSS_WEIGHTS = (1.0, 1.0, 1.0, 10.0)  # fused, image, metadata, regression
+DSNN_LOSS_WEIGHTS = {"fused": 1.0, "image": 1.0, "metadata": 1.0, "regression": 10.0}
+"""The original's weights of the DSNN loss terms, by term."""
 
 
 def binary_cross_entropy(probabilities: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
@@ -25,10 +26,13 @@ def smooth_l1(predictions: jnp.ndarray, targets: jnp.ndarray, beta: float = 1.0)
 def dsnn_loss(
     outputs: Mapping[str, jnp.ndarray],
     batch: Mapping[str, jnp.ndarray],
-    weights: Sequence[float] = DSNN_LOSS_WEIGHTS,
+    weights: Mapping[str, float] = DSNN_LOSS_WEIGHTS,
 ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
-    """``w0·BCE(p, same_sample·same_meta) + w1·BCE(p_img, same_sample) + w2·BCE(p_rock, same_meta)
-    + w3·(SmoothL1(reg0, targets0) + SmoothL1(reg1, targets1))``; returns the loss and its terms."""
+    """``fused·BCE(p, same_sample·same_meta) + image·BCE(p_img, same_sample) + metadata·BCE(p_rock,
+    same_meta) + regression·(SmoothL1(reg0, targets0) + SmoothL1(reg1, targets1))``, the weights by
+    name (:data:`DSNN_LOSS_WEIGHTS`); returns the loss and its terms."""
+    if set(weights) != set(DSNN_LOSS_WEIGHTS):
+        raise ValueError(f"loss weights must name {sorted(DSNN_LOSS_WEIGHTS)}, got {sorted(weights)}")
     same_sample, same_meta = batch["same_sample"], batch["same_meta"]
     terms = {
         "loss_fused": binary_cross_entropy(outputs["p"], same_sample * same_meta),
@@ -37,7 +41,7 @@ def dsnn_loss(
         "loss_regression": smooth_l1(outputs["reg0"], batch["targets0"])
         + smooth_l1(outputs["reg1"], batch["targets1"]),
     }
-    loss = sum(w * term for w, term in zip(weights, terms.values(), strict=True))
+    loss = sum(weights[name.removeprefix("loss_")] * term for name, term in terms.items())
     return loss, {"loss": loss, **terms}
 
 

@@ -1,10 +1,13 @@
-"""Model comparison (the paper's claim): DSNN-R18, Siamese-R18, Siamese-R34 and Vanilla-R34 on one split.
+"""rockir-compare: DSNN-R18, Siamese-R18, Siamese-R34 and Vanilla-R34 trained and evaluated on one split.
+
+    rockir-compare --out runs/comparison [--config configs/default.py] [--steps N] [--reuse] \
+        [--db <folder>] [--metadata <csv>] [--pretrained-resnet34 weights/resnet34]
 
 The three trained models share the base config except for ``model`` and ``backbone`` (ResNet-18
-runs keep the config's ``pretrained`` weights; ResNet-34 ones get ``pretrained_resnet34``, else a
+runs keep the config's ``pretrained`` weights; ResNet-34 ones get ``--pretrained-resnet34``, else a
 random initialisation), train into ``<out>/runs/<name>`` and are evaluated, with the vanilla
-baseline at the same input size, by :func:`rockir_jax.retrieval.evaluate.evaluate` into
-``<out>/eval/<name>``. The table goes to ``<out>/comparison.md`` and ``<out>/comparison.json``.
+baseline at the same input size, into ``<out>/eval/<name>``. The table goes to ``<out>/comparison.md``
+and ``<out>/comparison.json``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ from typing import Any
 import jax
 import ml_collections
 
-from rockir_jax.retrieval import evaluate
+from rockir_jax.cli import common
+from rockir_jax.configuration import load_config
+from rockir_jax.data.database import DEFAULT_SPLIT
+from rockir_jax.jsonio import json_text
+from rockir_jax.retrieval.evaluation import evaluate
+from rockir_jax.retrieval.loading import load_model
+from rockir_jax.retrieval.metrics import metric_key, metric_label
 from rockir_jax.train import train_and_evaluate
 
 
@@ -40,17 +49,18 @@ TRAINED = (
 )
 VANILLA = Entry("Vanilla-R34", "vanilla", "resnet34")
 
-COLUMNS = {
-    "sample/map@{k}": "sample mAP@{k}",
-    "sample/map": "sample mAP",
-    "reservoir/map@{k}": "reservoir mAP@{k}",
-    "reservoir/map": "reservoir mAP",
-    "reservoir/precision@{k}": "reservoir P@{k}",
-    "reservoir/hit_rate@{k}": "reservoir hit@{k}",
-    "metadata/porosity_mae": "porosity MAE",
-    "metadata/log10_permeability_rmse": "log10 k RMSE",
-    "metadata/log10_permeability_r2": "log10 k R²",
-}
+COLUMNS = (
+    ("sample", "map@{k}"),
+    ("sample", "map"),
+    ("reservoir", "map@{k}"),
+    ("reservoir", "map"),
+    ("reservoir", "precision@{k}"),
+    ("reservoir", "hit_rate@{k}"),
+    ("metadata", "porosity_mae"),
+    ("metadata", "log10_permeability_rmse"),
+    ("metadata", "log10_permeability_r2"),
+)
+"""The table's metric columns, (level, name) as in :mod:`rockir_jax.retrieval.metrics`."""
 
 
 def run_config(
@@ -103,7 +113,7 @@ def compare_models(
     reuse: bool = False,
     db: str | Path | None = None,
     metadata_csv: str | Path | None = None,
-    split: str = evaluate.DEFAULT_SPLIT,
+    split: str = DEFAULT_SPLIT,
     pretrained_resnet34: str | None = None,
     k: int = 10,
     figures: int = 0,
@@ -117,14 +127,19 @@ def compare_models(
     for entry in (*TRAINED, VANILLA):
         if entry is VANILLA:
             train_seconds = None
-            model = evaluate.load_vanilla(entry.backbone, base.image_size, pretrained_resnet34, base.seed)
+            model = load_model(
+                vanilla=entry.backbone,
+                pretrained=pretrained_resnet34,
+                image_size=base.image_size,
+                seed=base.seed,
+            )
             init = _initialisation(pretrained_resnet34)
         else:
             config = run_config(base, entry, pretrained_resnet34, steps)
             train_seconds = train_or_reuse(config, out / "runs" / entry.name, reuse)
-            model = evaluate.load_workdir(out / "runs" / entry.name)
+            model = load_model(out / "runs" / entry.name)
             init = _initialisation(config.pretrained)
-        report = evaluate.evaluate(
+        report = evaluate(
             model,
             db,
             out / "eval" / entry.name,
@@ -155,7 +170,7 @@ def compare_models(
         "models": rows,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "comparison.json").write_text(evaluate.json_text(table))
+    (out / "comparison.json").write_text(json_text(table))
     (out / "comparison.md").write_text(comparison_markdown(table))
     return table
 
@@ -164,11 +179,11 @@ def _cell(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
 
-def comparison_markdown(table: dict[str, Any], columns: Sequence[str] = tuple(COLUMNS)) -> str:
+def comparison_markdown(table: dict[str, Any], columns: Sequence[tuple[str, str]] = COLUMNS) -> str:
     """The comparison as a Markdown table, one row per model (– where a model predicts nothing)."""
     k = table["k"]
-    keys = [c.format(k=k) for c in columns]
-    header = ["model", "initialisation", "steps", *(COLUMNS[c].format(k=k) for c in columns)]
+    keys = [metric_key(level, name, k) for level, name in columns]
+    header = ["model", "initialisation", "steps", *(metric_label(key, k) for key in keys)]
     lines = [
         "# Model comparison",
         "",
@@ -183,3 +198,43 @@ def comparison_markdown(table: dict[str, Any], columns: Sequence[str] = tuple(CO
         cells += [_cell(row["metrics"].get(key)) for key in keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = common.parser("rockir-compare", __doc__.splitlines()[0].split(": ", 1)[1])
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument(
+        "--config", type=Path, default=Path("configs/default.py"), help="base config (.py/.json)"
+    )
+    parser.add_argument("--steps", type=int, help="training steps (default: the config's)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="evaluate runs already under <out>/runs as they are"
+    )
+    parser.add_argument("--db", type=Path, help="database folder (default: the config's data root)")
+    parser.add_argument("--metadata", type=Path, help="metadata CSV (default: the config's)")
+    parser.add_argument("--split", default=DEFAULT_SPLIT, help="split of a split-layout --db, or all")
+    parser.add_argument("--pretrained-resnet34", help="ported ImageNet ResNet-34 (else random init)")
+    parser.add_argument("-k", type=int, default=10, help="cut-off of the @k metrics")
+    parser.add_argument("--figures", type=int, default=0, help="retrieval figures per model")
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        compare_models(
+            load_config(args.config),
+            args.out,
+            steps=args.steps,
+            reuse=args.reuse,
+            db=args.db,
+            metadata_csv=args.metadata,
+            split=args.split,
+            pretrained_resnet34=args.pretrained_resnet34,
+            k=args.k,
+            figures=args.figures,
+        )
+        print((args.out / "comparison.md").read_text())
+
+    common.run(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,4 @@
-"""Sharded steps: train, evaluate and embed, each one ``jax.jit`` of a ``jax.shard_map`` over ``data``.
+"""Sharded steps: train and evaluate, each one ``jax.jit`` of a ``jax.shard_map`` over ``data``.
 
 The global batch is split over the 1-D device mesh axis ``data``; parameters, optimiser state and
 BatchNorm statistics are replicated. Inside the map each device runs the model on its share; BatchNorm
@@ -9,19 +9,18 @@ global batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax.training import train_state
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-DATA_AXIS = "data"
+from rockir_jax.sharding import DATA_AXIS
 
 LossFn = Callable[[Mapping[str, jnp.ndarray], Mapping[str, jnp.ndarray]], tuple[jnp.ndarray, dict]]
 
@@ -30,54 +29,6 @@ class TrainState(train_state.TrainState):
     """flax's TrainState plus BatchNorm running statistics."""
 
     batch_stats: Any = None
-
-
-def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh over ``devices`` (default: all devices), axis ``data``."""
-    devices = jax.devices() if devices is None else list(devices)
-    return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def data_parallel_devices(
-    devices: Sequence[jax.Device], global_batch_size: int, requested: int = 0
-) -> list[jax.Device]:
-    """The devices a training mesh uses: the first ``requested``, or with 0 the most that split the batch.
-
-    With ``requested=0`` a single-process run takes the largest count, at most ``len(devices)``, that
-    divides ``global_batch_size`` (one CPU device per core on a 6-core host still trains a batch of 16,
-    on 4 devices); a multi-process run takes every device, since whole hosts cannot be left out.
-    """
-    devices = list(devices)
-    if requested:
-        return devices[:requested]
-    if jax.process_count() > 1:
-        return devices
-    count = max(n for n in range(1, len(devices) + 1) if global_batch_size % n == 0)
-    return devices[:count]
-
-
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places a pytree on every device of ``mesh``."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
-
-
-def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Assembles this process's share of a global batch into arrays split along ``data``."""
-    sharding = NamedSharding(mesh, P(DATA_AXIS))
-    return {
-        key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-        for key, value in batch.items()
-    }
-
-
-def check_divisible(global_batch_size: int, mesh: Mesh) -> None:
-    """Raises a clear error when the global batch cannot be split evenly over the devices."""
-    devices = mesh.devices.size
-    if global_batch_size % devices:
-        raise ValueError(
-            f"global_batch_size={global_batch_size} does not divide evenly over {devices} devices; "
-            f"use a multiple of {devices}"
-        )
 
 
 def init_variables(model: nn.Module, rng: jax.Array, image_size: int) -> dict[str, Any]:
@@ -145,19 +96,5 @@ def make_eval_step(mesh: Mesh, loss_fn: LossFn) -> Callable[[TrainState, Mapping
 
     sharded = jax.shard_map(
         per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(), check_vma=False
-    )
-    return jax.jit(sharded)
-
-
-def make_embed_step(
-    mesh: Mesh, model: nn.Module
-) -> Callable[[Mapping[str, Any], jax.Array], dict[str, jax.Array]]:
-    """``embed_step(variables, images) -> model.embed(images)``, images and outputs split on ``data``."""
-
-    def per_device(variables, images):
-        return model.apply(variables, images, method=model.embed)
-
-    sharded = jax.shard_map(
-        per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(DATA_AXIS), check_vma=False
     )
     return jax.jit(sharded)

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from rockir_jax.models.resnet import build_resnet
+from rockir_jax.models.resnet import resnet
 
 CONV2D = (2, 3, 1, 0)  # OIHW → HWIO
 LINEAR = (1, 0)  # (out, in) → (in, out)
@@ -175,7 +175,7 @@ def convert(
 
 def expected_resnet_shapes(arch: str, num_classes: int | None) -> dict[str, Any]:
     """Flat ``{"params/conv1/kernel": ShapeDtypeStruct, ...}`` of a ResNet, computed without FLOPs."""
-    model = build_resnet(arch, num_classes=num_classes)
+    model = resnet(arch, num_classes=num_classes)()
     x = jax.ShapeDtypeStruct((1, 64, 64, 3), np.float32)
     output = "logits" if num_classes else "pooled"
     shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False, output=output), x)

@@ -1,40 +1,36 @@
-"""Query command: the database images most like one query image, and its predicted metadata.
+"""One query: the database images most like a query image, and its predicted metadata.
 
-    python -m rockir_jax.search --workdir runs/default --db <folder or saved index> --query <image> \
-        [-k 10] [--metadata <csv>] [--pixel-size <µm>] [--figure out.png]
-
-``--db`` is either an image folder (flat or split layout, see :mod:`rockir_jax.retrieval.evaluate`),
-embedded on every call, or an index saved by ``scripts/evaluate_retrieval.py`` (``<out>/index``),
-which is loaded instead: only the query is embedded, and the index must come from the same model.
-The query's sample is its file name's (``E002M0_slice1.png`` → ``E002M0``) or, failing that, its
-folder's; its pixel size is ``--pixel-size`` or its sample's in ``--metadata``. With a pixel size the
-predicted permeability is in the CSV's units (× ``Pixelsize**2``); without, the scaled
-``log10(k / Pixelsize²) / 5`` is printed and said to be so.
+The database is either an image folder (flat or split layout, :mod:`rockir_jax.data.layout`), embedded
+on every call, or a saved index (:mod:`rockir_jax.retrieval.index`), loaded instead: only the query is
+embedded, and the index must come from the same model. The query's sample is its file name's
+(``E002M0_slice1.png`` → ``E002M0``) or, failing that, its folder's; its pixel size is the one given or
+its sample's in the metadata CSV. With a pixel size the predicted permeability is in the CSV's units
+(× ``Pixelsize**2``); without, the scaled ``log10(k / Pixelsize²) / 5`` is reported and said to be so.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from rockir_jax import runtime
+from rockir_jax.data.database import DEFAULT_SPLIT, image_table, list_images
+from rockir_jax.data.layout import sample_from_filename
 from rockir_jax.data.metadata import (
     DataValidationError,
     check_image,
     read_image,
     read_metadata,
-    sample_from_filename,
     targets_to_physical,
 )
-from rockir_jax.retrieval import evaluate
+from rockir_jax.retrieval.evaluation import build_index, embed_table
 from rockir_jax.retrieval.figures import Query, retrieval_figure
 from rockir_jax.retrieval.index import META_FILE, RetrievalIndex, load_index
 from rockir_jax.retrieval.knn import knn
+from rockir_jax.retrieval.loading import LoadedModel
+from rockir_jax.retrieval.report import FIGURE_IMAGE_SIZE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,17 +48,17 @@ class QueryResult:
 
 
 def open_database(
-    model: evaluate.LoadedModel,
+    model: LoadedModel,
     db: str | Path,
     metadata_csv: str | Path | None = None,
-    split: str = evaluate.DEFAULT_SPLIT,
+    split: str = DEFAULT_SPLIT,
     batch_size: int = 64,
 ) -> RetrievalIndex:
     """A saved index directory (checked to come from ``model``) or an embedded image folder."""
     db = Path(db)
     if not (db / META_FILE).is_file():
-        table = evaluate.list_images(db, metadata_csv, split, model.target_spec)
-        return evaluate.build_index(model, table, batch_size)
+        table = list_images(db, metadata_csv, split, model.target_spec)
+        return build_index(model, table, batch_size)
     index = load_index(db)
     if index.model != model.identity:
         raise ValueError(
@@ -90,7 +86,7 @@ def _query_sample(path: Path, known: Sequence[str]) -> str:
 
 
 def search(
-    model: evaluate.LoadedModel,
+    model: LoadedModel,
     index: RetrievalIndex,
     query: str | Path,
     k: int = 10,
@@ -105,8 +101,8 @@ def search(
         raise DataValidationError([problem])
     metadata = read_metadata(metadata_csv, model.target_spec) if metadata_csv is not None else None
     sample = _query_sample(query, () if metadata is None else list(metadata.index))
-    table = evaluate.image_table([(query, sample)], metadata, model.target_spec)
-    embedded = evaluate.embed_table(model, table, progress=None)
+    table = image_table([(query, sample)], metadata, model.target_spec)
+    embedded = embed_table(model, table, progress=None)
     embedding = embedded["embedding"][0]
     distances, rows = _ranking(embedding, index, query, k)
     known_pixel = table.pixel_size[0] if np.isfinite(table.pixel_size[0]) else None
@@ -122,7 +118,7 @@ def search(
     )
 
 
-def predicted_metadata(result: QueryResult, model: evaluate.LoadedModel) -> tuple[float, float] | None:
+def predicted_metadata(result: QueryResult, model: LoadedModel) -> tuple[float, float] | None:
     """(porosity, permeability): physical when the pixel size is known, else the scaled target."""
     if result.predicted_targets is None:
         return None
@@ -134,9 +130,7 @@ def predicted_metadata(result: QueryResult, model: evaluate.LoadedModel) -> tupl
     return float(porosity), float(permeability)
 
 
-def report(
-    result: QueryResult, index: RetrievalIndex, model: evaluate.LoadedModel, perm_unit: str = ""
-) -> str:
+def report(result: QueryResult, index: RetrievalIndex, model: LoadedModel, perm_unit: str = "") -> str:
     """The hits as a table and the query's predictions, as printed by the command."""
     lines = [f"query: {result.path} (sample {result.sample}, reservoir {result.reservoir})"]
     predicted = predicted_metadata(result, model)
@@ -165,7 +159,7 @@ def write_query_figure(
     path: str | Path,
     result: QueryResult,
     index: RetrievalIndex,
-    model: evaluate.LoadedModel,
+    model: LoadedModel,
     perm_unit: str = "",
 ) -> Path:
     """The 3x3 retrieval figure of the query against the whole database."""
@@ -176,42 +170,7 @@ def write_query_figure(
         unit = "" if result.pixel_size is None else f" {perm_unit}"
         kind = "scaled k" if result.pixel_size is None else "k"
         title += f"\npred φ {predicted[0]:.3f}\npred {kind} {predicted[1]:.3g}{unit}"
-    image = read_image(result.path, evaluate.FIGURE_IMAGE_SIZE)
+    image = read_image(result.path, FIGURE_IMAGE_SIZE)
     query = Query(image=image, sample=result.sample, reservoir=result.reservoir, title=title)
-    load = lambda row: read_image(index.paths[row], evaluate.FIGURE_IMAGE_SIZE)
+    load = lambda row: read_image(index.paths[row], FIGURE_IMAGE_SIZE)
     return retrieval_figure(path, query, ranking, index, load, perm_unit=perm_unit)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m rockir_jax.search", description=__doc__.splitlines()[0])
-    evaluate.add_model_arguments(parser)
-    parser.add_argument("--db", type=Path, required=True, help="image folder, or a saved index directory")
-    parser.add_argument("--query", type=Path, required=True, help="query image")
-    parser.add_argument("-k", type=int, default=10, help="number of hits")
-    parser.add_argument("--split", default=evaluate.DEFAULT_SPLIT, help="split of a split-layout --db folder")
-    parser.add_argument(
-        "--metadata", type=Path, help="metadata CSV (the query's and the folder's pixel size)"
-    )
-    parser.add_argument("--pixel-size", type=float, help="the query's pixel size (overrides --metadata)")
-    parser.add_argument("--figure", type=Path, help="write the 3x3 retrieval figure to this PNG")
-    parser.add_argument("--perm-unit", default="mD", help="unit of the CSV's Permeability")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per embedding batch")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    runtime.set_up_command_line_run()
-    try:
-        model = evaluate.model_from_arguments(args)
-        index = open_database(model, args.db, args.metadata, args.split, args.batch_size)
-        result = search(model, index, args.query, args.k, args.metadata, args.pixel_size)
-        print(report(result, index, model, args.perm_unit))
-        if args.figure is not None:
-            print(f"figure: {write_query_figure(args.figure, result, index, model, args.perm_unit)}")
-    except (FileNotFoundError, ValueError) as err:  # DataValidationError is a ValueError
-        sys.exit(f"error: {err}")
-
-
-if __name__ == "__main__":
-    main()

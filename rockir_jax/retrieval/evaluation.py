@@ -1,0 +1,125 @@
+"""Retrieval evaluation of a model on a folder of images: every image queries all the others.
+
+Pipeline::
+
+    model = load_model(workdir="runs/default")      # rockir_jax.retrieval.loading
+    table = list_images(db, metadata_csv)           # rockir_jax.data.database
+    index = build_index(model, table)               # embeddings + predictions, sharded over devices
+    metrics = evaluate_index(index, k=10)           # per relevance level, and metadata errors
+
+:func:`evaluate` runs all of it and writes the report (:mod:`rockir_jax.retrieval.report`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rockir_jax import sharding
+from rockir_jax.data.database import DEFAULT_SPLIT, list_images
+from rockir_jax.data.metadata import SplitTable, targets_to_physical
+from rockir_jax.data.sources import from_table
+from rockir_jax.jsonio import json_text
+from rockir_jax.retrieval.embed import embed_source, make_embed_step, validation_metrics
+from rockir_jax.retrieval.index import RetrievalIndex, save_index
+from rockir_jax.retrieval.loading import LoadedModel
+from rockir_jax.retrieval.metrics import metadata_metrics
+from rockir_jax.retrieval.report import figure_rows, metrics_markdown, write_figures
+
+
+def embed_table(
+    model: LoadedModel, table: SplitTable, batch_size: int = 64, progress: str | None = "embed"
+) -> dict[str, np.ndarray]:
+    """``embedding`` (N, D) and, for the DSNN, ``reg`` (N, T) of every image of ``table``, sharded
+    over all devices (``batch_size`` is rounded up to a multiple of the device count)."""
+    mesh = sharding.make_mesh()
+    devices = mesh.devices.size
+    batch_size = -(-batch_size // devices) * devices
+    source = from_table(table, model.image_size)
+    step = make_embed_step(mesh, model.module)
+    return embed_source(step, model.variables, source, mesh, batch_size, progress=progress)
+
+
+def build_index(model: LoadedModel, table: SplitTable, batch_size: int = 64) -> RetrievalIndex:
+    """Embeds ``table`` and returns its :class:`RetrievalIndex`, predictions in physical units where
+    the pixel size is known (NaN elsewhere; the raw ``predicted_targets`` are always kept)."""
+    embedded = embed_table(model, table, batch_size)
+    true_porosity, true_permeability = targets_to_physical(table.targets, table.pixel_size, model.target_spec)
+    predictions: dict[str, np.ndarray] = {}
+    if "reg" in embedded:
+        reg = embedded["reg"]
+        porosity, permeability = targets_to_physical(reg, table.pixel_size, model.target_spec)
+        predictions = {
+            "predicted_targets": reg[:, :2],
+            "predicted_porosity": porosity,
+            "predicted_permeability": permeability,
+        }
+    return RetrievalIndex(
+        embeddings=embedded["embedding"],
+        paths=np.array(table.paths),
+        samples=table.samples,
+        reservoirs=table.reservoirs,
+        model=model.identity,
+        true_porosity=true_porosity,
+        true_permeability=true_permeability,
+        **predictions,
+    )
+
+
+def evaluate_index(index: RetrievalIndex, k: int = 10) -> dict[str, float]:
+    """Every image against all others (itself excluded), flat ``{"sample/map@10": …}`` as in
+    training's validation; plus ``metadata/…`` errors over the images with known metadata."""
+    labels = {"embedding": index.embeddings, "sample_id": index.samples, "reservoir_id": index.reservoirs}
+    metrics = validation_metrics(labels, labels, query_offset=0, k=k)
+    known = np.isfinite(index.true_porosity) if index.true_porosity is not None else np.zeros(0, bool)
+    if index.predicted_porosity is not None and known.any():
+        errors = metadata_metrics(
+            index.true_porosity[known],
+            index.predicted_porosity[known],
+            index.true_permeability[known],
+            index.predicted_permeability[known],
+        )
+        metrics |= {f"metadata/{name}": float(v) for name, v in errors.items() if not name.startswith("n_")}
+    return metrics
+
+
+def summary(index: RetrievalIndex, k: int) -> dict[str, Any]:
+    """What was evaluated: counts of images, samples, reservoirs and images with metadata."""
+    known = 0 if index.true_porosity is None else int(np.isfinite(index.true_porosity).sum())
+    return {
+        "model": index.model,
+        "k": k,
+        "n_images": len(index),
+        "n_samples": len(np.unique(index.samples)),
+        "n_reservoirs": len(np.unique(index.reservoirs)),
+        "n_images_with_metadata": known,
+    }
+
+
+def evaluate(
+    model: LoadedModel,
+    db: str | Path,
+    out: str | Path,
+    *,
+    metadata_csv: str | Path | None = None,
+    split: str = DEFAULT_SPLIT,
+    k: int = 10,
+    figures: int = 3,
+    batch_size: int = 64,
+    perm_unit: str = "",
+) -> dict[str, Any]:
+    """Embeds the database ``db``, writes ``<out>/index/``, ``metrics.json``, ``metrics.md`` and
+    ``figures`` retrieval figures, and returns the report written to ``metrics.json``."""
+    out = Path(out)
+    table = list_images(db, metadata_csv, split, model.target_spec)
+    index = build_index(model, table, batch_size)
+    out.mkdir(parents=True, exist_ok=True)
+    save_index(out / "index", index)
+    report = {"db": str(Path(db).absolute()), "split": split} | summary(index, k)
+    report["metrics"] = evaluate_index(index, k)
+    (out / "metrics.json").write_text(json_text(report))
+    (out / "metrics.md").write_text(metrics_markdown(report))
+    write_figures(index, figure_rows(index, figures), out, perm_unit)
+    return report
