@@ -26,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import platform
@@ -339,7 +340,7 @@ def train_rows(config: BenchConfig, image_size: int, threads: int) -> list[Row]:
     model, variables = jax_dsnn(config.dtype, image_size, config.seed, config.conv_algorithms[0])
     trials, trial_layouts = {}, {}
     for algorithm in config.conv_algorithms:
-        algorithm_model = model.clone(conv_algorithm=algorithm)
+        algorithm_model = model.clone(backbone=functools.partial(model.backbone, conv_algorithm=algorithm))
         for layout_name, layout in layouts.items():
             name = trial_name(layout_name, algorithm, config.conv_algorithms)
             trials[name] = jax_train_trial(algorithm_model, variables, batch, layout)

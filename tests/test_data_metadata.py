@@ -192,7 +192,6 @@ def test_index_tables_and_vocabularies(tmp_path):
     assert all(Path(p).parent.name == s for p, s in zip(train.paths, train.samples, strict=True))
     assert list(index.splits["db_test"].samples) == ["CCC001", "CCC001"]
     assert list(index.splits["val"].reservoir_ids) == [1, 1]
-    assert list(train.to_frame().columns)[-2:] == ["target_0", "target_1"]
 
 
 def test_index_reservoir_column_and_extra_targets(tmp_path):

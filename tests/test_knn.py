@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rockir_jax.retrieval import KnnIndex, default_mesh, knn
+from rockir_jax.retrieval import KnnIndex, knn
+from rockir_jax.sharding import make_mesh
 
 # The package exports the function ``knn``, which shadows the submodule of the same name.
 knn_module = importlib.import_module("rockir_jax.retrieval.knn")
@@ -107,7 +108,7 @@ def test_resident_index_reuse_and_query_batches(monkeypatch):
 def test_two_stage_top_k_on_one_device():
     # 6000 rows on one device is past the chunking threshold (4 * k * CHUNK = 5120 columns).
     queries, database = _data(6000, 11, seed=6)
-    mesh = default_mesh(jax.devices()[:1])
+    mesh = make_mesh(jax.devices()[:1])
     dist, idx = knn(queries, database, 10, mesh=mesh)
     _check(queries, database, dist, idx, 10)
 
@@ -169,11 +170,11 @@ def test_near_duplicates_fail_the_screen_and_stay_exact(devices):
     base = rng.normal(size=(1, 64)).astype(np.float32)
     database = (base + 0.05 * rng.normal(size=(2000, 64))).astype(np.float32)
     queries = (base + 0.05 * rng.normal(size=(knn_module.SCREEN_MIN_QUERIES + 8, 64))).astype(np.float32)
-    dist, idx = knn(queries, database, 10, mesh=default_mesh(jax.devices()[:devices]))
+    dist, idx = knn(queries, database, 10, mesh=make_mesh(jax.devices()[:devices]))
     _check(queries, database, dist, idx, 10)
 
 
 def test_screened_search_on_spread_out_rows_is_exact():
     queries, database = _data(6000, knn_module.SCREEN_MIN_QUERIES + 5, seed=11)
-    dist, idx = knn(queries, database, 10, mesh=default_mesh(jax.devices()[:1]))
+    dist, idx = knn(queries, database, 10, mesh=make_mesh(jax.devices()[:1]))
     _check(queries, database, dist, idx, 10)

@@ -193,22 +193,6 @@ class SplitTable:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def to_frame(self) -> pd.DataFrame:
-        """The table as a DataFrame, one column per target."""
-        frame = pd.DataFrame(
-            {
-                "path": self.paths,
-                "sample": self.samples,
-                "sample_id": self.sample_ids,
-                "reservoir": self.reservoirs,
-                "reservoir_id": self.reservoir_ids,
-                "pixel_size": self.pixel_size,
-            }
-        )
-        for j in range(self.targets.shape[1]):
-            frame[f"target_{j}"] = self.targets[:, j]
-        return frame
-
 
 @dataclasses.dataclass(frozen=True)
 class DatasetIndex:

@@ -32,10 +32,6 @@ class SplitSource:
     def __len__(self) -> int:
         return len(self.sample_ids)
 
-    @property
-    def num_targets(self) -> int:
-        return self.targets.shape[1]
-
 
 @dataclasses.dataclass(frozen=True)
 class _FileRecords(Sequence):

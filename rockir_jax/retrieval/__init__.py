@@ -7,7 +7,7 @@ Data flow: embeddings → :func:`knn` / :class:`KnnIndex` → :func:`retrieval_m
 
 from rockir_jax.retrieval.figures import Query, query_from_index, retrieval_figure, select_hits
 from rockir_jax.retrieval.index import RetrievalIndex, load_index, save_index
-from rockir_jax.retrieval.knn import KnnIndex, default_mesh, knn
+from rockir_jax.retrieval.knn import KnnIndex, knn
 from rockir_jax.retrieval.metrics import (
     average_precision,
     average_precision_at_k,
@@ -29,7 +29,6 @@ __all__ = [
     "average_precision",
     "average_precision_at_k",
     "average_precision_at_k_original",
-    "default_mesh",
     "hit_rate_at_k",
     "knn",
     "load_index",

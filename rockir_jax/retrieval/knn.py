@@ -50,6 +50,8 @@ from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from rockir_jax import sharding
+
 Metric = Literal["l2", "cosine"]
 AXIS = "db"
 CHUNK = 128
@@ -63,15 +65,9 @@ SCREEN_CANDIDATES = 32
 _BF16_UNIT_ROUNDOFF = 2.0**-9
 
 
-def default_mesh(devices: list[jax.Device] | None = None) -> Mesh:
-    """A 1-D Auto-typed mesh named :data:`AXIS` over ``devices`` (default: all local devices)."""
-    devices = jax.local_devices() if devices is None else list(devices)
-    return jax.make_mesh((len(devices),), (AXIS,), axis_types=(AxisType.Auto,), devices=devices)
-
-
 def _resolve_mesh(mesh: Mesh | None) -> Mesh:
     if mesh is None:
-        return default_mesh()
+        mesh = sharding.make_mesh(jax.local_devices())
     if len(mesh.axis_names) != 1:
         raise ValueError(f"mesh must be 1-D, got axes {mesh.axis_names}")
     # The kernel names its axis and places nothing itself; an Auto-typed copy of the caller's mesh
@@ -294,7 +290,7 @@ class KnnIndex:
         database: (N, D) vectors, numpy or jax; cast to float32.
         metric: ``"l2"`` (squared Euclidean distance) or ``"cosine"`` (``1 - cos``; vectors are
             normalised here, zero vectors stay zero and are at distance 1 from everything).
-        mesh: a 1-D device mesh, any axis name and type (default :func:`default_mesh`).
+        mesh: a 1-D device mesh, any axis name and type (default: this process's devices).
         precision: matmul precision of the scoring stage; HIGHEST keeps GPUs off TF32 so the
             candidates are chosen on float32 scores (the final distances are exact regardless).
     """

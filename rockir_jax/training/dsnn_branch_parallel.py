@@ -1,20 +1,16 @@
-"""How a training run spreads over its devices: data parallelism, or branch parallelism for the DSNN.
+"""The DSNN's branch parallelism: each backbone trained on its own half of the devices.
 
-**Data parallel** (:mod:`rockir_jax.training.step`): a 1-D ``data`` mesh; every device runs all four backbone
-passes on its share of the batch, BatchNorm all-reduces per layer and every gradient is all-reduced.
+A ``data`` × ``branch`` mesh of shape (N/2, 2). The devices of branch 0 hold and train the image
+backbone, those of branch 1 the rock backbone, each on its ``data`` share of both images of every pair.
+Only the feature maps cross branches (one all-gather, whose transpose brings their gradients back);
+BatchNorm averages over ``data``; the small heads are replicated. Each backbone's parameters and
+optimiser state live only on its branch's devices, so its gradients need no all-reduce over
+``branch`` and each device updates half the parameters. The step computes what the data-parallel step
+(:mod:`rockir_jax.training.step`) computes, with half the devices in each BatchNorm all-reduce.
 
-**Branch parallel** (DSNN only): a ``data`` × ``branch`` mesh of shape (N/2, 2). The devices of branch 0
-hold and train the image backbone, those of branch 1 the rock backbone, each on its ``data`` share of
-both images of every pair. Only the feature maps cross branches (one all-gather, whose transpose brings
-their gradients back); BatchNorm averages over ``data`` as before; the small heads are replicated. Each
-backbone's parameters and optimiser state live only on its branch's devices, so its gradients need no
-all-reduce over ``branch`` and each device updates half the parameters. The step computes what the
-data-parallel step computes (``tests/test_parallel.py``), with half the devices in each BatchNorm
-all-reduce: on two CPU cores it is the faster layout (docs/BENCHMARKS.md).
-
-In the branch-parallel training layout the two backbones' variables, and their optimiser moments, are
-stacked under ``"backbones"`` (leading axis 2, split over ``branch``). Checkpoints, validation and
-everything downstream use the model's own layout; :meth:`Layout.canonical` converts.
+In this training layout the two backbones' variables, and their optimiser moments, are stacked under
+``"backbones"`` (leading axis 2, split over ``branch``). Checkpoints, validation and everything
+downstream use the model's own layout; :class:`rockir_jax.training.layout.Layout` converts.
 """
 
 from __future__ import annotations
