@@ -1,11 +1,10 @@
 """Max pooling as strided slices, with torch's gradient (the first maximum of each window takes it).
 
-XLA:CPU lowers ``reduce_window`` max and the gradient JAX derives for it to slow generic loops: profiled
-in a DSNN train step at 224² on 2 cores, they took 0.55 s of its 5.2 s of operator time. Written as an
-elementwise maximum over the k×k strided views of the padded input, the forward pass and the gradient
-are plain fusible slices, pads and selects: forward and backward of the stem's pooling (8×112×112×64)
-went from 109 ms to 11 ms. The gradient is summed per stride phase of the input (dense shifted arrays)
-rather than as window² interior-padded full-size arrays: 39 → 17.5 ms on one core, same values.
+XLA:CPU lowers ``reduce_window`` max and the gradient JAX derives for it to slow generic loops. Written
+as an elementwise maximum over the k×k strided views of the padded input, the forward pass and the
+gradient are plain fusible slices, pads and selects; the gradient is summed per stride phase of the
+input (dense shifted arrays) rather than as window² interior-padded full-size arrays. Measurements:
+docs/cpu-speed.md.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ kernel gradient is one matrix product per tile position, so no weight-gradient c
 of the layout transposes XLA:CPU wraps around it) is left.
 
 On XLA:CPU the matrix products run at the convolutions' FLOP rate from 128 channels on, so stages 2–4
-of a ResNet train faster (measured in docs/BENCHMARKS.md); with 64 channels they are memory bound and
+of a ResNet train faster (docs/cpu-speed.md); with 64 channels they are memory bound and
 the direct convolution stays faster. Accelerators have their own tuned convolution algorithms (cuDNN
 picks Winograd itself where it pays), and in bfloat16 the transforms' rounding would grow, so
 :func:`use_winograd` limits it to float32 on CPU. The results differ from a direct convolution only
@@ -80,8 +80,7 @@ def _flat_transform(matrix: np.ndarray, tiles: jnp.ndarray) -> jnp.ndarray:
     """``matrix · tiles`` over the flattened tile positions (the leading axis) as one matrix product.
 
     For the kernels' and the output transform: a product is materialised where a broadcast sum would be
-    fused into the output's consumers and recomputed by each (1.45× slower), and it has no zero terms to
-    multiply (the broadcast kernel transform cost 9% of a 4×4×512 convolution's training step).
+    fused into the output's consumers and recomputed by each, and it has no zero terms to multiply.
     """
     flat = jnp.dot(jnp.asarray(matrix, tiles.dtype), tiles.reshape(tiles.shape[0], -1))
     return flat.reshape(matrix.shape[0], *tiles.shape[1:])
