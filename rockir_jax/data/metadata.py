@@ -38,12 +38,18 @@ _EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA")
 
 
 class DataValidationError(ValueError):
-    """The data set has problems; ``problems`` lists every one, each naming its file or CSV line."""
+    """The input has problems; ``problems`` lists every one, each naming its file or CSV line.
 
-    def __init__(self, problems: Sequence[str]):
+    ``what`` names the input in the first line of the message: ``"data set"``, ``"database"``,
+    ``"query image"``, ``"metadata CSV"``.
+    """
+
+    def __init__(self, problems: Sequence[str], what: str = "data set"):
         self.problems = list(problems)
+        self.what = what
+        count = "1 problem" if len(self.problems) == 1 else f"{len(self.problems)} problems"
         lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{len(self.problems)} problem(s) in the data set:\n{lines}")
+        super().__init__(f"{count} in the {what}:\n{lines}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -235,6 +241,8 @@ def _read_metadata_csv(
         raw = csv_path.read_bytes()
         # Names stay text: "001" must match a folder called 001, not become the number 1.
         frame = pd.read_csv(csv_path, dtype={SAMPLE_COLUMN: str, RESERVOIR_COLUMN: str})
+        # Every cell as written, for messages: "NaN", "-3.2" or an empty cell, not np.float64(nan).
+        written = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except Exception as e:  # any read or parse failure is reported with its reason
         problems.append(f"{csv_path}: cannot read metadata CSV ({type(e).__name__}: {e})")
         return None, ""
@@ -247,7 +255,11 @@ def _read_metadata_csv(
 
     def line(i: int) -> str:
         # +2: the header is line 1 and pandas rows count from 0.
-        return f"{csv_path} line {i + 2} (sample {frame[SAMPLE_COLUMN].iloc[i]!r})"
+        return f"{csv_path} line {i + 2} (sample {written[SAMPLE_COLUMN].iloc[i]!r})"
+
+    def got(column: str, i: int) -> str:
+        text = written[column].iloc[i].strip()
+        return f"got {text}" if text else "got an empty cell"
 
     bad = np.zeros(len(frame), bool)
     names = frame[SAMPLE_COLUMN]
@@ -265,16 +277,16 @@ def _read_metadata_csv(
     for column in ("Permeability", "Pixelsize"):
         values = numeric(column)
         for i in np.flatnonzero(~(values > 0)):  # also catches NaN and non-numeric entries
-            problems.append(f"{line(i)}: {column} must be a positive number, got {frame[column][i]!r}")
+            problems.append(f"{line(i)}: {column} must be a positive number, {got(column, i)}")
             bad[i] = True
     porosity = numeric("Porosity")
     for i in np.flatnonzero(~((porosity >= 0) & (porosity <= 1))):
-        problems.append(f"{line(i)}: Porosity must be in [0, 1], got {frame['Porosity'][i]!r}")
+        problems.append(f"{line(i)}: Porosity must be in [0, 1], {got('Porosity', i)}")
         bad[i] = True
     for column in spec.extra:
         values = numeric(column)
         for i in np.flatnonzero(~np.isfinite(values)):
-            problems.append(f"{line(i)}: {column} must be a finite number, got {frame[column][i]!r}")
+            problems.append(f"{line(i)}: {column} must be a finite number, {got(column, i)}")
             bad[i] = True
     if RESERVOIR_COLUMN in frame.columns:
         reservoirs = frame[RESERVOIR_COLUMN]
@@ -292,7 +304,7 @@ def read_metadata(metadata_csv: str | Path, spec: TargetSpec = TargetSpec()) -> 
     problems: list[str] = []
     frame, _ = _read_metadata_csv(Path(metadata_csv).absolute(), spec, problems)
     if problems:
-        raise DataValidationError(problems)
+        raise DataValidationError(problems, what="metadata CSV")
     assert frame is not None
     return frame
 
