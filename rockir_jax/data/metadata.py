@@ -1,4 +1,4 @@
-"""Metadata CSV schema, regression targets, image reading and data-set validation.
+"""Metadata CSV schema, regression targets and data-set validation (image reading: :mod:`rockir_jax.images`).
 
 The folder layout is :mod:`rockir_jax.data.layout`'s. CSV columns of the original: ``Image, Label, GI,
 NI, Size, Depth, Pixelsize, Created_label, Porosity, Permeability``. Only ``Created_label`` (the sample
@@ -24,17 +24,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from rockir_jax.data.layout import SPLITS, scan_split
+
+# Image reading lives apart so that image-decoding worker processes need not import this package.
+from rockir_jax.images import check_image as check_image
+from rockir_jax.images import read_image as read_image
 
 REQUIRED_COLUMNS = ("Created_label", "Porosity", "Permeability", "Pixelsize")
 SAMPLE_COLUMN = "Created_label"
 RESERVOIR_COLUMN = "Reservoir"
-
-# Pillow modes read_image understands; 16-bit PNGs open as "I;16" (or "I" in older Pillow).
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-_EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA")
 
 
 class DataValidationError(ValueError):
@@ -116,59 +115,6 @@ def same_metadata(d0: np.ndarray, d1: np.ndarray, tol: float = 0.1) -> np.ndarra
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(d0 == d1, 0.0, np.abs((d0 - d1) / d1))
     return rel.sum(axis=-1) < tol
-
-
-# ------------------------------------------------------------------------------------------------
-# Images
-
-
-def _to_uint8_array(image: Image.Image) -> np.ndarray:
-    """Pixels as uint8 ``(H, W)`` or ``(H, W, 3)``; alpha dropped, palette expanded.
-
-    16-bit greyscale is scaled by its dtype range, ``round(x * 255 / 65535)``, not by the image's
-    own min/max, so grey levels stay comparable across images.
-    """
-    mode = image.mode
-    if mode in _SIXTEEN_BIT_MODES:
-        pixels = np.clip(np.asarray(image, np.float64), 0, 65535)
-        return np.round(pixels * (255.0 / 65535.0)).astype(np.uint8)
-    if mode in ("1", "L"):
-        return np.asarray(image.convert("L"), np.uint8)
-    if mode == "LA":
-        return np.asarray(image, np.uint8)[..., 0]
-    if mode in _EIGHT_BIT_MODES:  # P, PA, RGB, RGBA
-        return np.asarray(image.convert("RGB"), np.uint8)
-    raise ValueError(f"unsupported image mode {mode!r}")
-
-
-def read_image(path: str | Path, image_size: int) -> np.ndarray:
-    """Reads an image file as uint8 ``(image_size, image_size, 3)``.
-
-    Accepts 8/16-bit greyscale, RGB, RGBA (alpha dropped) and palette images of any size. Pixels
-    are first brought to 8 bits, then resized with Pillow's bilinear filter, which widens its kernel
-    by the scale factor when shrinking (area-like antialiasing; the same resize the original's
-    torchvision ``Resize`` applied to PIL images). Greyscale is replicated to 3 channels.
-    """
-    with Image.open(path) as image:
-        pixels = _to_uint8_array(image)
-    if pixels.shape[:2] != (image_size, image_size):
-        mode = "L" if pixels.ndim == 2 else "RGB"
-        resized = Image.fromarray(pixels, mode).resize((image_size, image_size), Image.Resampling.BILINEAR)
-        pixels = np.asarray(resized, np.uint8)
-    if pixels.ndim == 2:
-        pixels = np.repeat(pixels[..., None], 3, axis=-1)
-    return pixels
-
-
-def check_image(path: Path) -> str | None:
-    """Decodes the whole file; returns a problem description or None if it is a usable image."""
-    try:
-        with Image.open(path) as image:
-            image.load()  # decodes every byte: catches truncated files, not only bad headers
-            _to_uint8_array(image)
-    except Exception as e:  # any decoder failure is the same user-facing problem
-        return f"{path}: unreadable or truncated image ({type(e).__name__}: {e})"
-    return None
 
 
 # ------------------------------------------------------------------------------------------------
