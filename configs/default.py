@@ -35,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.metadata = "datasets/synthetic_rocks/metadata.csv"
     config.data.cache_dir = "~/.cache/rockir_jax"
     config.data.num_workers = 0  # grain worker processes for the training pairs
+    config.data.prepare_workers = 0  # processes decoding images into the cache; 0 = one per core
     config.data.extra_targets = ()  # further numeric CSV columns to regress
 
     config.log_every_steps = 10
