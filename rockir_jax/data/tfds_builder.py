@@ -150,9 +150,8 @@ def _decoder(image_size: int, workers: int) -> Iterator[Decoder]:
     if workers <= 1:
         yield lambda paths: (read_image(path, image_size) for path in paths)
         return
-    # Not fork: the parent may run JAX's threads. A fork server, a fresh interpreter that imports
-    # only rockir_jax.images (numpy and Pillow), starts each worker in milliseconds; spawn would
-    # import the parent's __main__, e.g. the whole trainer, in every worker.
+    # Not fork: the parent may run JAX's threads. The fork server preloads only rockir_jax.images
+    # (numpy and Pillow); each worker still re-imports the parent's __main__ when it starts.
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     if "forkserver" in methods:
