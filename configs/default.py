@@ -35,6 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.metadata = "datasets/synthetic_rocks/metadata.csv"
     config.data.cache_dir = "~/.cache/rockir_jax"
     config.data.num_workers = 0  # grain worker processes for the training pairs
+    # processes decoding images into the cache (0 = one per core); each worker re-imports the
+    # command's __main__ when it starts, which costs more than it saves on small data sets
+    config.data.prepare_workers = 1
     config.data.extra_targets = ()  # further numeric CSV columns to regress
 
     config.log_every_steps = 10

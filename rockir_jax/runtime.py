@@ -1,4 +1,5 @@
-"""Process set-up shared by the command lines: CPU devices, memory reuse, compile cache, multi-process."""
+"""Process set-up shared by the command lines: logging, CPU devices, memory reuse, compile cache,
+multi-process."""
 
 from __future__ import annotations
 
@@ -6,11 +7,89 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import sys
 from pathlib import Path
 
 import jax
+from tqdm import tqdm
 
 COMPILATION_CACHE = Path("~/.cache/rockir_jax/xla")
+LOG_FILE = "log.txt"
+"""The log file :func:`configure_logging` writes in a run's or a command's output directory."""
+
+logger = logging.getLogger("rockir_jax")
+"""The package's logger: its records are the console's lines; every module logs under it."""
+
+_FILE_FORMAT = "%(asctime)s %(levelname).1s %(name)s %(filename)s:%(lineno)d] %(message)s"
+
+
+def _is_ours(record: logging.LogRecord) -> bool:
+    return record.name == logger.name or record.name.startswith(f"{logger.name}.")
+
+
+class _ConsoleHandler(logging.Handler):
+    """Lines on stderr, above any progress bar: the package's own records, and other libraries' errors.
+
+    Other libraries' INFO and WARNING records (absl, orbax, TFDS, grain, JAX) describe their own
+    machinery and go to the log file only; ``verbose`` shows them here too.
+    """
+
+    def __init__(self, verbose: bool):
+        super().__init__(logging.INFO)
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.verbose or _is_ours(record) or record.levelno >= logging.ERROR
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message = f"{message}\n{logging.Formatter().formatException(record.exc_info)}"
+        if not _is_ours(record):
+            return f"{record.levelname.lower()}: {record.name}: {message}"
+        return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            # tqdm.write keeps an active progress bar intact below the line.
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # logging must never raise; the logging module reports it
+            self.handleError(record)
+
+
+def configure_logging(log_dir: str | Path | None, verbose: bool = False) -> Path | None:
+    """Sends the package's messages to the console and everything else to ``<log_dir>/log.txt``.
+
+    The console (stderr) gets this package's records (INFO and up) and every library's errors;
+    the log file, appended to, gets every record at INFO and up, timestamped. Without a ``log_dir``
+    other libraries' INFO and WARNING records are dropped; ``verbose`` puts them on the console as
+    well. Replaces absl's stderr handler and any handler an earlier call installed, so commands may
+    call it again. Returns the log file's path, if any.
+    """
+    root = logging.getLogger()
+    absl_handler = getattr(sys.modules.get("absl.logging"), "get_absl_handler", lambda: None)()
+    for handler in list(root.handlers):
+        if handler is absl_handler or getattr(handler, "_rockir_jax", False):
+            root.removeHandler(handler)
+            if handler is not absl_handler:
+                handler.close()
+    handlers: list[logging.Handler] = [_ConsoleHandler(verbose)]
+    path = None
+    if log_dir is not None:
+        path = Path(log_dir) / LOG_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(path, encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter(_FILE_FORMAT))
+        handlers.append(file_handler)
+    for handler in handlers:
+        handler._rockir_jax = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(logging.INFO if path is not None or verbose else logging.WARNING)
+    logger.setLevel(logging.INFO)
+    # absl's logger (orbax, TFDS and grain log through it) keeps a level of its own after flag
+    # parsing; NOTSET makes it follow the root's.
+    logging.getLogger("absl").setLevel(logging.NOTSET)
+    return path
 
 
 def cpu_count() -> int:
@@ -35,7 +114,7 @@ def use_one_cpu_device_per_core() -> None:
     try:
         jax.config.update("jax_num_cpu_devices", cpu_count())
     except RuntimeError:
-        logging.warning("JAX is already running: keeping its CPU devices (%d)", len(jax.devices("cpu")))
+        logger.warning("JAX is already running: keeping its CPU devices (%d)", len(jax.devices("cpu")))
 
 
 # glibc mallopt parameters (malloc.h)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 import time
 from collections.abc import Mapping
@@ -22,11 +23,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
 from rockir_jax import data, runtime, sharding
+from rockir_jax.configuration import expand_paths
 from rockir_jax.models import build_model, resnet_params
 from rockir_jax.retrieval.embed import embed_source, make_embed_step, validation_metrics
 from rockir_jax.retrieval.metrics import best_checkpoint_metric
@@ -36,6 +38,9 @@ from rockir_jax.training import step as step_lib
 from rockir_jax.training.checkpoint import Checkpointer
 from rockir_jax.training.metrics_log import MetricsLog
 from rockir_jax.training.optim import adamw_amsgrad
+
+# Not __name__: run as ``python -m`` this module is __main__, outside the package's logger.
+log = logging.getLogger("rockir_jax.train")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -62,7 +67,8 @@ def _prepare_data(config: ml_collections.ConfigDict) -> dict[str, data.SplitSour
     index = data.index_dataset(
         config.data.root, config.data.metadata, extra_targets=tuple(config.data.extra_targets)
     )
-    cache = data.prepare(index, config.image_size, Path(config.data.cache_dir).expanduser())
+    workers = config.data.get("prepare_workers", 1) or runtime.cpu_count()
+    cache = data.prepare(index, config.image_size, config.data.cache_dir, workers=workers)
     return {split: data.load_split(cache, split) for split in ("train", "val") if index.splits.get(split)}
 
 
@@ -107,11 +113,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         branch_parallel=config.branch_parallel and config.model == "dsnn",
     )
     if is_chief:
-        print(f"training on {layout.describe()}")
+        log.info("training on %s", layout.describe())
         if layout.data_mesh.devices.size < len(jax.devices()) and not config.num_devices:
-            print(
-                f"(of {len(jax.devices())} devices: the most that split a batch of "
-                f"{config.global_batch_size} evenly)"
+            log.info(
+                "(of %d devices: the most that split a batch of %d evenly)",
+                len(jax.devices()),
+                config.global_batch_size,
             )
     sources = _prepare_data(config)
     if is_chief:
@@ -142,26 +149,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         keep=config.keep_checkpoints,
         best_metric=best_checkpoint_metric(config.retrieval_k),
     )
-    log = MetricsLog(workdir)
+    metrics_log = MetricsLog(workdir)
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(state, train_iter)
-        logging.info("resumed from step %d", int(state.step))
+        log.info("resumed from step %d", int(state.step))
     if is_chief:
-        log.truncate_after(int(state.step))
+        metrics_log.truncate_after(int(state.step))
     state = layout.place(state)
 
     train_step = layout.train_step(model, loss_fn)
     validate = Validator(config, layout.data_mesh, model, loss_fn, sources) if "val" in sources else None
     if validate is None:
-        logging.warning("no val split in %s: training without validation", config.data.root)
+        log.warning("no val split in %s: training without validation", config.data.root)
 
     def evaluate_and_log(step: int) -> dict[str, float] | None:
         if validate is None:
             return None
         metrics = validate(layout.canonical(state))
         if is_chief:
-            log.write(step, "val", metrics)
-            log.plot()
+            metrics_log.write(step, "val", metrics)
+            metrics_log.plot()
         return metrics
 
     first_step = int(state.step)
@@ -197,7 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     loss=f"{summary['loss']:.4f}", pairs_s=f"{summary['pairs_per_second']:.1f}"
                 )
                 if is_chief:
-                    log.write(step, "train", summary)
+                    metrics_log.write(step, "train", summary)
                 window, window_start = [], time.perf_counter()
             eval_metrics = None
             if step % config.eval_every_steps == 0 or step == config.num_train_steps:
@@ -214,22 +221,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         checkpointer.wait()
     checkpointer.close()
     if is_chief:
-        log.plot()
-        print(f"done: {workdir}/metrics.jsonl, {log.curves_path}, checkpoints in {workdir}/checkpoints")
+        metrics_log.plot()
+        log.info(
+            "done: %s, %s, checkpoints in %s",
+            workdir / "metrics.jsonl",
+            metrics_log.curves_path,
+            workdir / "checkpoints",
+        )
     return layout.canonical(state)
 
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, plots and log.txt.")
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "Also show other libraries' log lines on the console (always in <workdir>/log.txt)."
+)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    workdir = Path(_WORKDIR.value).expanduser()
+    runtime.configure_logging(workdir, _VERBOSE.value)
     runtime.set_up_command_line_run()
     runtime.maybe_initialize_distributed()
     try:
-        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        train_and_evaluate(expand_paths(_CONFIG.value), workdir)
     except data.DataValidationError as err:
         print(f"error: the data set is not usable, nothing was trained:\n{err}", file=sys.stderr)
         sys.exit(2)

@@ -16,6 +16,8 @@ reported as medians and ratios:
    (:func:`faiss_worker`) that the benchmark drives trial by trial over a pipe.
 3. **pipeline**: grain training pairs/s (0 and N workers) against the train step's consumption.
 4. **embed**: images/s of the sharded DSNN embedding step.
+5. **cache build**: images/s of :func:`rockir_jax.data.prepare` (decode, resize, write ArrayRecord)
+   with 1, 2, … worker processes, against 1.
 
 torch and faiss are optional: without them (or with ``torch=False`` / ``faiss=False``) the rows carry no
 reference and say so.
@@ -79,6 +81,9 @@ class BenchConfig:
     embed_batch: int = 32
     pipeline_batches: int = 20
     pipeline_workers: tuple[int, ...] = (0, 2)
+    cache_workers: tuple[int, ...] = (1, 2)
+    """worker processes of the cache-build rows; the first is their reference."""
+    cache_repeats: int = 3
     data_root: str = str(SCRIPTS.parent / "datasets" / "synthetic_rocks")
     peak_tflops: float | None = None
     num_devices: int = 0
@@ -566,6 +571,41 @@ def pipeline_rows(config: BenchConfig, image_size: int, step_pairs_per_s: float)
     return rows
 
 
+def cache_rows(config: BenchConfig, image_size: int) -> list[Row]:
+    """Cache-build images/s with each worker count (fresh builds, interleaved), against the first."""
+    root = Path(config.data_root)
+    index = data.index_dataset(root, root / "metadata.csv")
+    images = sum(len(table) for table in index.splits.values())
+    with tempfile.TemporaryDirectory(prefix="rockir_bench_cache_") as cache:
+        builds = iter(range(10**9))  # every trial builds into a new directory: no cache hit
+
+        def build(workers: int) -> Callable[[], Path]:
+            return lambda: data.prepare(index, image_size, Path(cache) / str(next(builds)), workers=workers)
+
+        # Rounds alternate between worker counts, like interleaved_times, but the warm-up (the first
+        # pool starts the worker processes' fork server) runs alone: concurrent builds share TFDS state.
+        build(max(config.cache_workers))()
+        times: dict[int, list[float]] = {w: [] for w in config.cache_workers}
+        for _ in range(config.cache_repeats):
+            for w in config.cache_workers:
+                start = time.perf_counter()
+                build(w)()
+                times[w].append(time.perf_counter() - start)
+    rates = {w: images / median(t) for w, t in times.items()}
+    first = config.cache_workers[0]
+    return [
+        Row(
+            "cache build",
+            f"{image_size}², {images} images, {w} worker{'s' if w > 1 else ''}",
+            rate,
+            "images/s",
+            f"{first} worker{'s' if first > 1 else ''}",
+            rates[first],
+        )
+        for w, rate in rates.items()
+    ]
+
+
 # ----------------------------------------------------------------------------------------------- run
 
 
@@ -577,6 +617,7 @@ def run(config: BenchConfig) -> list[Row]:
         size_rows = train_rows(config, size, threads)
         rows += size_rows
         rows += pipeline_rows(config, size, size_rows[0].ours)
+        rows += cache_rows(config, size)
     rows += search_rows(config)
     return rows
 

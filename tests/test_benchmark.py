@@ -24,6 +24,8 @@ def rows():
         embed_batch=8,
         pipeline_batches=2,
         pipeline_workers=(0,),
+        cache_workers=(1, 2),
+        cache_repeats=1,
         num_devices=2,
     )
     return benchmark.run(config)
@@ -35,6 +37,8 @@ def test_rows_cover_every_benchmark(rows):
         ("train step", "32²"),
         ("embed", "32²"),
         ("pipeline", "32²"),
+        ("cache build", "32²"),
+        ("cache build", "32²"),
         ("search", "10 queries"),
         ("search", "1 queries"),
     ]
@@ -46,6 +50,8 @@ def test_rows_cover_every_benchmark(rows):
     assert {r.unit for r in rows} == {"pairs/s", "images/s", "queries/s"}
     pipeline = rows[3]
     assert pipeline.reference_value == rows[0].ours
+    assert [r.setting.split(", ")[-1] for r in rows[4:6]] == ["1 worker", "2 workers"]
+    assert rows[4].reference_value == rows[5].reference_value == rows[4].ours
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")
@@ -89,7 +95,7 @@ def test_pytorch_reference_trains_in_bfloat16_autocast():
 
 @pytest.mark.skipif(not HAS_FAISS, reason="faiss not installed")
 def test_search_top_k_sets_match_faiss(rows):
-    for row in rows[4:]:
+    for row in rows[6:]:
         assert row.reference.startswith("FAISS best")
         assert row.agreement == 1.0
 

@@ -1,7 +1,9 @@
 """Tests for rockir_jax.data.inspect and rockir-inspect: summary text, contact sheet, command line."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -52,7 +54,8 @@ def test_contact_sheet_is_written(dataset, tmp_path, cached):
         assert sheet.format == "PNG" and sheet.width > 100 and sheet.height > 200
 
 
-def test_command_line_with_config(dataset, tmp_path):
+def test_command_line_with_config_writes_only_its_sheet(dataset, tmp_path):
+    """The config's ``~/…`` cache lands in the home folder, not in a ``./~`` beside the user."""
     config = tmp_path / "config.py"
     config.write_text(
         "import ml_collections\n\n"
@@ -60,18 +63,25 @@ def test_command_line_with_config(dataset, tmp_path):
         "    c = ml_collections.ConfigDict()\n"
         "    c.image_size = 32\n"
         f"    c.data = ml_collections.ConfigDict(dict(root={str(dataset)!r},\n"
-        f"        metadata={str(dataset / 'metadata.csv')!r}, cache_dir=''))\n"
+        f"        metadata={str(dataset / 'metadata.csv')!r}, cache_dir='~/rockir_cache'))\n"
         "    return c\n"
     )
-    out = tmp_path / "cli.png"
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    env = os.environ | {"HOME": str(home), "PYTHONPATH": str(Path(__file__).parents[1])}
     done = subprocess.run(
-        [sys.executable, "-m", "rockir_jax.cli.inspect", f"--config={config}", f"--out={out}"],
+        [sys.executable, "-m", "rockir_jax.cli.inspect", f"--config={config}", "--out=sheet.png"],
         capture_output=True,
         text=True,
         check=False,
+        cwd=work,
+        env=env,
     )
     assert done.returncode == 0, done.stderr
-    assert "train: 4 images" in done.stdout and "contact sheet" in done.stdout and out.exists()
+    assert "train: 4 images" in done.stdout and "contact sheet: sheet.png" in done.stdout
+    assert sorted(p.name for p in work.iterdir()) == ["sheet.png"]
+    assert list((home / "rockir_cache").glob("32px-*/rockir_images/*/rockir_tables.json"))
 
 
 def test_command_refuses_a_broken_data_set(dataset, tmp_path, capsys):

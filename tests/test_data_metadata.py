@@ -356,3 +356,28 @@ def test_all_problems_listed_at_once(tmp_path):
     for needle in needles:
         assert sum(needle in p for p in problems) == 1, (needle, problems)
     assert len(problems) == len(needles)
+
+
+def test_bad_values_are_quoted_as_written_in_the_csv(tmp_path):
+    csv = make_dataset(tmp_path, GOOD)
+    lines = csv.read_text().splitlines()
+    header = lines[0].split(",")
+    cells = [line.split(",") for line in lines[1:]]
+    cells[0][header.index("Permeability")] = "NaN"
+    cells[1][header.index("Pixelsize")] = "-3.2"
+    cells[2][header.index("Porosity")] = ""
+    csv.write_text("\n".join([lines[0], *(",".join(c) for c in cells)]) + "\n")
+    with pytest.raises(DataValidationError) as info:
+        index_dataset(tmp_path, csv)
+    message = str(info.value)
+    assert "line 2 (sample 'AAA001'): Permeability must be a positive number, got NaN" in message
+    assert "line 3 (sample 'AAA002'): Pixelsize must be a positive number, got -3.2" in message
+    assert "line 4 (sample 'BBB001'): Porosity must be in [0, 1], got an empty cell" in message
+    assert "np." not in message and "nan)" not in message
+    assert message.startswith("6 problems in the data set:\n")
+
+
+def test_one_problem_is_singular_and_names_the_input():
+    assert str(DataValidationError(["q.png: no such query image"], what="query image")) == (
+        "1 problem in the query image:\n  - q.png: no such query image"
+    )

@@ -73,3 +73,60 @@ def test_freed_memory_is_reused_without_page_faults():
     # By default glibc maps a 64 MiB block afresh each time: 16,384 pages to fault in and zero-fill.
     assert _page_faults_per_64_mib("default") > 10_000
     assert _page_faults_per_64_mib("reuse") < 100
+
+
+@pytest.fixture
+def restored_logging():
+    """configure_logging changes the process's root logger: put it back afterwards."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
+
+
+def _log_one_of_each(logging):
+    logging.getLogger("rockir_jax.train").info("training on 2 devices")
+    logging.getLogger("rockir_jax.data").warning("no val split")
+    logging.getLogger("absl").info("CheckpointManager Save Finalize is syncing")
+    logging.getLogger("absl").warning("read-only checkpoint options")
+    logging.getLogger("orbax").error("a real failure")
+
+
+def test_console_shows_our_lines_and_library_errors_the_file_everything(tmp_path, capsys, restored_logging):
+    import logging
+
+    from rockir_jax import runtime
+
+    assert runtime.configure_logging(tmp_path, verbose=False) == tmp_path / "log.txt"
+    _log_one_of_each(logging)
+    console = capsys.readouterr().err.splitlines()
+    assert console == ["training on 2 devices", "warning: no val split", "error: orbax: a real failure"]
+    logged = (tmp_path / "log.txt").read_text()
+    for text in ("training on 2", "no val split", "is syncing", "read-only checkpoint", "a real failure"):
+        assert text in logged
+    assert " I absl " in logged and " W absl " in logged  # levels and loggers, as absl writes them
+
+
+def test_verbose_and_no_log_dir(tmp_path, capsys, restored_logging, monkeypatch):
+    import logging
+
+    from rockir_jax import runtime
+
+    monkeypatch.chdir(tmp_path)
+    assert runtime.configure_logging(None, verbose=True) is None
+    runtime.configure_logging(None, verbose=True)  # again: no duplicate lines
+    _log_one_of_each(logging)
+    console = capsys.readouterr().err
+    assert "info: absl: CheckpointManager Save Finalize is syncing" in console
+    assert "warning: absl: read-only checkpoint options" in console
+    assert console.count("training on 2 devices") == 1
+    runtime.configure_logging(None, verbose=False)
+    _log_one_of_each(logging)
+    assert "absl" not in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

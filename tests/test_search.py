@@ -103,4 +103,4 @@ def test_index_of_another_model_is_refused(setup, tmp_path, capsys):
     other_model = ["--workdir", str(run), "--db", str(other), "--query", str(query)]
     exits_with_error(capsys, "not comparable", search.main, other_model)
     missing = ["--workdir", str(run), "--db", str(index_dir), "--query", str(tmp_path / "x.png")]
-    exits_with_error(capsys, "no such query image", search.main, missing)
+    exits_with_error(capsys, r"1 problem in the query image:\n.*no such query image", search.main, missing)

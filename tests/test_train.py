@@ -3,6 +3,7 @@ device-count invariance, bad data and non-finite losses."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -289,6 +290,35 @@ def test_command_line_overrides_and_bad_data_refusal(tmp_path):
     assert "AAAS01_slice0.png" in result.stderr
     assert "BBBS02" in result.stderr and "ermeability" in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_console_has_no_library_info_lines_and_the_log_file_has_them(toy_without_val, cache, tmp_path):
+    workdir = tmp_path / "run"
+    overrides = {
+        "image_size": SIZE,
+        "global_batch_size": 8,
+        "num_train_steps": 2,
+        "checkpoint_every_steps": 1,
+        "num_devices": 1,
+        "conv_algorithm": "direct",
+        "data.root": toy_without_val,
+        "data.metadata": toy_without_val / "metadata.csv",
+        "data.cache_dir": tmp_path / "cache",  # a fresh build: TFDS has its say too
+    }
+    command = [sys.executable, "-m", "rockir_jax.train", "--config", "configs/default.py"]
+    command += ["--workdir", str(workdir)] + [f"--config.{k}={v}" for k, v in overrides.items()]
+    result = subprocess.run(
+        command, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Progress bars redraw with carriage returns; every piece between them is a line of its own.
+    console = [line for line in re.split(r"[\r\n]+", result.stdout + result.stderr) if line.strip()]
+    library = re.compile(r"^[IWE]\d{4} |INFO:|WARNING:absl|Downloading and preparing|checkpoint_manager")
+    assert not [line for line in console if library.search(line)], console
+    assert any(line.startswith("training on 1 devices") for line in console), console
+    assert any(line.startswith("done: ") for line in console), console
+    logged = (workdir / "log.txt").read_text()
+    assert "training on 1 devices" in logged and "CheckpointManager" in logged
 
 
 def test_uneven_global_batch_is_refused(toy_without_val, cache, tmp_path):

@@ -1,4 +1,5 @@
-"""What every command shares: one argparse style, the process set-up, errors as one line and an exit code."""
+"""What every command shares: one argparse style, the process set-up and logging, errors as one line and
+an exit code."""
 
 from __future__ import annotations
 
@@ -8,24 +9,43 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rockir_jax import runtime
+from rockir_jax.configuration import expand_path
 from rockir_jax.retrieval.loading import LoadedModel, load_model
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
+def path(text: str) -> Path:
+    """argparse ``type`` of every file or directory option: the path with ``~`` expanded."""
+    return expand_path(text)
+
+
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """The argument parser of command ``prog`` (e.g. ``rockir-evaluate``)."""
-    return argparse.ArgumentParser(prog=prog, description=description)
+    """The argument parser of command ``prog`` (e.g. ``rockir-evaluate``), with ``--verbose``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument(
+        "--verbose", action="store_true", help="also show other libraries' log lines (absl, orbax, TFDS)"
+    )
+    return parser
 
 
-def run(body: Callable[[], None], *, uses_jax: bool = True) -> None:
-    """Runs a command's ``body``: the JAX process set-up first, then the library call.
+def run(
+    body: Callable[[], None],
+    *,
+    verbose: bool = False,
+    log_dir: Path | None = None,
+    uses_jax: bool = True,
+) -> None:
+    """Runs a command's ``body``: logging and the JAX process set-up first, then the library call.
 
-    A library error about the user's input (a missing file, a bad value, an unusable data set: all
-    :class:`FileNotFoundError` or :class:`ValueError`) becomes one ``error: …`` message on stderr and
-    exit status 2, not a traceback; Ctrl-C exits with 130.
+    The console shows the command's own lines; other libraries' log lines go to ``<log_dir>/log.txt``
+    (commands with an output directory pass it), and to the console with ``verbose`` (the parser's
+    ``--verbose``). A library error about the user's input (a missing file, a bad value, an unusable
+    data set: all :class:`FileNotFoundError` or :class:`ValueError`) becomes one ``error: …`` message
+    on stderr and exit status 2, not a traceback; Ctrl-C exits with 130.
     """
+    runtime.configure_logging(log_dir, verbose)
     if uses_jax:
         runtime.set_up_command_line_run()
     try:
@@ -41,13 +61,13 @@ def run(body: Callable[[], None], *, uses_jax: bool = True) -> None:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that choose a model, shared by the commands that embed images."""
     group = parser.add_argument_group("model (one of --workdir, --checkpoint + --config, --model vanilla)")
-    group.add_argument("--workdir", type=Path, help="a training run (config.json + checkpoints/)")
-    group.add_argument("--checkpoint", type=Path, help="a checkpoints/ directory of a run")
-    group.add_argument("--config", type=Path, help="config file of --checkpoint (configs/*.py or .json)")
+    group.add_argument("--workdir", type=path, help="a training run (config.json + checkpoints/)")
+    group.add_argument("--checkpoint", type=path, help="a checkpoints/ directory of a run")
+    group.add_argument("--config", type=path, help="config file of --checkpoint (configs/*.py or .json)")
     group.add_argument("--step", type=int, help="checkpoint step (default: the best, else the latest)")
     group.add_argument("--model", choices=("vanilla",), help="the untrained baseline instead of a run")
     group.add_argument("--backbone", default="resnet34", help="backbone of --model vanilla")
-    group.add_argument("--pretrained", type=Path, help="ported ImageNet weights of --model vanilla")
+    group.add_argument("--pretrained", type=path, help="ported ImageNet weights of --model vanilla")
     group.add_argument("--image-size", type=int, default=224, help="input size of --model vanilla")
 
 

@@ -64,13 +64,16 @@ COLUMNS = (
 
 
 def run_config(
-    base: ml_collections.ConfigDict, entry: Entry, pretrained_resnet34: str | None, steps: int | None
+    base: ml_collections.ConfigDict,
+    entry: Entry,
+    pretrained_resnet34: str | Path | None,
+    steps: int | None,
 ) -> ml_collections.ConfigDict:
     """``base`` with the entry's model and backbone (and ``steps`` training steps when given)."""
     config = ml_collections.ConfigDict(base.to_dict())
     config.model, config.backbone = entry.model, entry.backbone
     if entry.backbone == "resnet34":
-        config.pretrained = pretrained_resnet34 or ""
+        config.pretrained = str(pretrained_resnet34 or "")
     if steps is not None:
         config.num_train_steps = steps
     return config
@@ -114,7 +117,7 @@ def compare_models(
     db: str | Path | None = None,
     metadata_csv: str | Path | None = None,
     split: str = DEFAULT_SPLIT,
-    pretrained_resnet34: str | None = None,
+    pretrained_resnet34: str | Path | None = None,
     k: int = 10,
     figures: int = 0,
 ) -> dict[str, Any]:
@@ -202,18 +205,20 @@ def comparison_markdown(table: dict[str, Any], columns: Sequence[tuple[str, str]
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = common.parser("rockir-compare", __doc__.splitlines()[0].split(": ", 1)[1])
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--out", type=common.path, required=True, help="output directory")
     parser.add_argument(
-        "--config", type=Path, default=Path("configs/default.py"), help="base config (.py/.json)"
+        "--config", type=common.path, default=Path("configs/default.py"), help="base config (.py/.json)"
     )
     parser.add_argument("--steps", type=int, help="training steps (default: the config's)")
     parser.add_argument(
         "--reuse", action="store_true", help="evaluate runs already under <out>/runs as they are"
     )
-    parser.add_argument("--db", type=Path, help="database folder (default: the config's data root)")
-    parser.add_argument("--metadata", type=Path, help="metadata CSV (default: the config's)")
+    parser.add_argument("--db", type=common.path, help="database folder (default: the config's data root)")
+    parser.add_argument("--metadata", type=common.path, help="metadata CSV (default: the config's)")
     parser.add_argument("--split", default=DEFAULT_SPLIT, help="split of a split-layout --db, or all")
-    parser.add_argument("--pretrained-resnet34", help="ported ImageNet ResNet-34 (else random init)")
+    parser.add_argument(
+        "--pretrained-resnet34", type=common.path, help="ported ImageNet ResNet-34 (else random init)"
+    )
     parser.add_argument("-k", type=int, default=10, help="cut-off of the @k metrics")
     parser.add_argument("--figures", type=int, default=0, help="retrieval figures per model")
     args = parser.parse_args(argv)
@@ -233,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         print((args.out / "comparison.md").read_text())
 
-    common.run(body)
+    common.run(body, verbose=args.verbose, log_dir=args.out)
 
 
 if __name__ == "__main__":

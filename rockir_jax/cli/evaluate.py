@@ -11,7 +11,6 @@ Every image queries all others (itself excluded). Writes ``<out>/metrics.json``,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from rockir_jax.cli import common
 from rockir_jax.data.database import DEFAULT_SPLIT
@@ -21,16 +20,18 @@ from rockir_jax.retrieval.evaluation import evaluate
 def main(argv: Sequence[str] | None = None, prog: str = "rockir-evaluate") -> None:
     parser = common.parser(prog, __doc__.splitlines()[0].split(": ", 1)[1])
     common.add_model_arguments(parser)
-    parser.add_argument("--db", type=Path, required=True, help="flat image folder or split-layout root")
+    parser.add_argument(
+        "--db", type=common.path, required=True, help="flat image folder or split-layout root"
+    )
     parser.add_argument(
         "--split",
         default=DEFAULT_SPLIT,
         help="split of a split-layout --db: train, val, db_test or all (ignored for a flat folder)",
     )
     parser.add_argument(
-        "--metadata", type=Path, help="metadata CSV (true porosity, permeability, pixel size)"
+        "--metadata", type=common.path, help="metadata CSV (true porosity, permeability, pixel size)"
     )
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--out", type=common.path, required=True, help="output directory")
     parser.add_argument("-k", type=int, default=10, help="cut-off of the @k metrics")
     parser.add_argument("--figures", type=int, default=3, help="number of retrieval figures")
     parser.add_argument("--batch-size", type=int, default=64, help="images per embedding batch")
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "rockir-evaluate") -> No
             f"for {report['n_images']} images"
         )
 
-    common.run(body)
+    common.run(body, verbose=args.verbose, log_dir=args.out)
 
 
 if __name__ == "__main__":

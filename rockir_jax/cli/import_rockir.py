@@ -9,7 +9,6 @@ The output is an orbax directory of ``params`` and ``batch_stats`` for ``DSNN(ba
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from rockir_jax.cli import common
 from rockir_jax.models import resnet_params
@@ -17,14 +16,16 @@ from rockir_jax.models import resnet_params
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = common.parser("rockir-import", __doc__.splitlines()[0].split(": ", 1)[1])
-    parser.add_argument("--image", type=Path, required=True, help="image-branch backbone file (epoch-N.pt)")
     parser.add_argument(
-        "--rock", type=Path, required=True, help="rock-branch backbone file (rock_epoch-N.pt)"
+        "--image", type=common.path, required=True, help="image-branch backbone file (epoch-N.pt)"
     )
-    parser.add_argument("--siam", type=Path, required=True, help="siam_epoch-N.pt (gated head)")
-    parser.add_argument("--reg", type=Path, required=True, help="reg_epoch-N.pt (regression head)")
+    parser.add_argument(
+        "--rock", type=common.path, required=True, help="rock-branch backbone file (rock_epoch-N.pt)"
+    )
+    parser.add_argument("--siam", type=common.path, required=True, help="siam_epoch-N.pt (gated head)")
+    parser.add_argument("--reg", type=common.path, required=True, help="reg_epoch-N.pt (regression head)")
     parser.add_argument("--arch", choices=["resnet18", "resnet34"], default="resnet18")
-    parser.add_argument("--out", type=Path, required=True, help="orbax checkpoint directory to write")
+    parser.add_argument("--out", type=common.path, required=True, help="orbax checkpoint directory to write")
     args = parser.parse_args(argv)
 
     def body() -> None:
@@ -33,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         print(f"wrote DSNN-{args.arch} variables to {resnet_params.save_variables(variables, args.out)}")
 
-    common.run(body, uses_jax=False)
+    common.run(body, verbose=args.verbose, uses_jax=False)
 
 
 if __name__ == "__main__":

@@ -21,14 +21,16 @@ from rockir_jax.data.metadata import index_dataset
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = common.parser("rockir-inspect", __doc__.splitlines()[0].split(": ", 1)[1])
-    parser.add_argument("--config", type=Path, help="a training config (configs/*.py or a run's config.json)")
-    parser.add_argument("--root", type=Path, help="data root with train/, val/, db_test/")
-    parser.add_argument("--metadata", type=Path, help="metadata CSV")
+    parser.add_argument(
+        "--config", type=common.path, help="a training config (configs/*.py or a run's config.json)"
+    )
+    parser.add_argument("--root", type=common.path, help="data root with train/, val/, db_test/")
+    parser.add_argument("--metadata", type=common.path, help="metadata CSV")
     parser.add_argument("--image-size", type=int, help="image side in pixels (default: the config's, or 128)")
     parser.add_argument(
-        "--cache-dir", type=Path, help="TFDS cache directory (default: the config's; none: files)"
+        "--cache-dir", type=common.path, help="TFDS cache directory (default: the config's; none: files)"
     )
-    parser.add_argument("--out", type=Path, default=Path("data_pairs.png"), help="contact sheet PNG")
+    parser.add_argument("--out", type=common.path, default=Path("data_pairs.png"), help="contact sheet PNG")
     parser.add_argument("--num-pairs", type=int, default=8, help="pairs on the contact sheet")
     parser.add_argument("--seed", type=int, default=0, help="pair sampling seed")
     args = parser.parse_args(argv)
@@ -47,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         path = write_contact_sheet(index, image_size, args.out, cache_dir, args.num_pairs, args.seed)
         print(f"contact sheet: {path}")
 
-    common.run(body)
+    common.run(body, verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -33,9 +33,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "rockir-port") -> None:
     parser = common.parser(prog, __doc__.splitlines()[0].split(": ", 1)[1])
     parser.add_argument("--arch", choices=["resnet18", "resnet34"], default="resnet18")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--pth", type=Path, help="a torchvision or RockIR backbone state-dict file")
+    source.add_argument("--pth", type=common.path, help="a torchvision or RockIR backbone state-dict file")
     source.add_argument("--download", action="store_true", help="download IMAGENET1K_V1 weights")
-    parser.add_argument("--out", type=Path, required=True, help="orbax checkpoint directory to write")
+    parser.add_argument("--out", type=common.path, required=True, help="orbax checkpoint directory to write")
     args = parser.parse_args(argv)
 
     def body() -> None:
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "rockir-port") -> None:
         count = sum(leaf.size for leaf in jax.tree.leaves(variables))
         print(f"wrote {args.arch} ({count:,} values, classifier: {'fc' in variables['params']}) to {out}")
 
-    common.run(body, uses_jax=False)
+    common.run(body, verbose=args.verbose, uses_jax=False)
 
 
 if __name__ == "__main__":

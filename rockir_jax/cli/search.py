@@ -10,7 +10,6 @@ from the same model; an image folder is embedded on every call. See :mod:`rockir
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from rockir_jax.cli import common
 from rockir_jax.data.database import DEFAULT_SPLIT
@@ -20,15 +19,17 @@ from rockir_jax.retrieval import search
 def main(argv: Sequence[str] | None = None) -> None:
     parser = common.parser("rockir-search", __doc__.splitlines()[0])
     common.add_model_arguments(parser)
-    parser.add_argument("--db", type=Path, required=True, help="image folder, or a saved index directory")
-    parser.add_argument("--query", type=Path, required=True, help="query image")
+    parser.add_argument(
+        "--db", type=common.path, required=True, help="image folder, or a saved index directory"
+    )
+    parser.add_argument("--query", type=common.path, required=True, help="query image")
     parser.add_argument("-k", type=int, default=10, help="number of hits")
     parser.add_argument("--split", default=DEFAULT_SPLIT, help="split of a split-layout --db folder")
     parser.add_argument(
-        "--metadata", type=Path, help="metadata CSV (the query's and the folder's pixel size)"
+        "--metadata", type=common.path, help="metadata CSV (the query's and the folder's pixel size)"
     )
     parser.add_argument("--pixel-size", type=float, help="the query's pixel size (overrides --metadata)")
-    parser.add_argument("--figure", type=Path, help="write the 3x3 retrieval figure to this PNG")
+    parser.add_argument("--figure", type=common.path, help="write the 3x3 retrieval figure to this PNG")
     parser.add_argument("--perm-unit", default="mD", help="unit of the CSV's Permeability")
     parser.add_argument("--batch-size", type=int, default=64, help="images per embedding batch")
     args = parser.parse_args(argv)
@@ -41,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.figure is not None:
             print(f"figure: {search.write_query_figure(args.figure, result, index, model, args.perm_unit)}")
 
-    common.run(body)
+    common.run(body, verbose=args.verbose)
 
 
 if __name__ == "__main__":

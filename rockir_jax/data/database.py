@@ -82,9 +82,9 @@ def list_images(
         raise FileNotFoundError(f"{db}: no such database folder")
     files = scan_database(db, split)
     if not files:
-        raise DataValidationError([f"{db}: no images ({', '.join(IMAGE_SUFFIXES)}) in it"])
+        raise DataValidationError([f"{db}: no images ({', '.join(IMAGE_SUFFIXES)}) in it"], what="database")
     problems = [p for p in map(check_image, (path for path, _ in files)) if p is not None]
     if problems:
-        raise DataValidationError(problems)
+        raise DataValidationError(problems, what="database")
     metadata = read_metadata(metadata_csv, target_spec) if metadata_csv is not None else None
     return image_table(files, metadata, target_spec)

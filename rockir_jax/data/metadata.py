@@ -1,4 +1,4 @@
-"""Metadata CSV schema, regression targets, image reading and data-set validation.
+"""Metadata CSV schema, regression targets and data-set validation (image reading: :mod:`rockir_jax.images`).
 
 The folder layout is :mod:`rockir_jax.data.layout`'s. CSV columns of the original: ``Image, Label, GI,
 NI, Size, Depth, Pixelsize, Created_label, Porosity, Permeability``. Only ``Created_label`` (the sample
@@ -24,26 +24,31 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from rockir_jax.data.layout import SPLITS, scan_split
+
+# Image reading lives apart so that image-decoding worker processes need not import this package.
+from rockir_jax.images import check_image as check_image
+from rockir_jax.images import read_image as read_image
 
 REQUIRED_COLUMNS = ("Created_label", "Porosity", "Permeability", "Pixelsize")
 SAMPLE_COLUMN = "Created_label"
 RESERVOIR_COLUMN = "Reservoir"
 
-# Pillow modes read_image understands; 16-bit PNGs open as "I;16" (or "I" in older Pillow).
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-_EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA")
-
 
 class DataValidationError(ValueError):
-    """The data set has problems; ``problems`` lists every one, each naming its file or CSV line."""
+    """The input has problems; ``problems`` lists every one, each naming its file or CSV line.
 
-    def __init__(self, problems: Sequence[str]):
+    ``what`` names the input in the first line of the message: ``"data set"``, ``"database"``,
+    ``"query image"``, ``"metadata CSV"``.
+    """
+
+    def __init__(self, problems: Sequence[str], what: str = "data set"):
         self.problems = list(problems)
+        self.what = what
+        count = "1 problem" if len(self.problems) == 1 else f"{len(self.problems)} problems"
         lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{len(self.problems)} problem(s) in the data set:\n{lines}")
+        super().__init__(f"{count} in the {what}:\n{lines}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -113,59 +118,6 @@ def same_metadata(d0: np.ndarray, d1: np.ndarray, tol: float = 0.1) -> np.ndarra
 
 
 # ------------------------------------------------------------------------------------------------
-# Images
-
-
-def _to_uint8_array(image: Image.Image) -> np.ndarray:
-    """Pixels as uint8 ``(H, W)`` or ``(H, W, 3)``; alpha dropped, palette expanded.
-
-    16-bit greyscale is scaled by its dtype range, ``round(x * 255 / 65535)``, not by the image's
-    own min/max, so grey levels stay comparable across images.
-    """
-    mode = image.mode
-    if mode in _SIXTEEN_BIT_MODES:
-        pixels = np.clip(np.asarray(image, np.float64), 0, 65535)
-        return np.round(pixels * (255.0 / 65535.0)).astype(np.uint8)
-    if mode in ("1", "L"):
-        return np.asarray(image.convert("L"), np.uint8)
-    if mode == "LA":
-        return np.asarray(image, np.uint8)[..., 0]
-    if mode in _EIGHT_BIT_MODES:  # P, PA, RGB, RGBA
-        return np.asarray(image.convert("RGB"), np.uint8)
-    raise ValueError(f"unsupported image mode {mode!r}")
-
-
-def read_image(path: str | Path, image_size: int) -> np.ndarray:
-    """Reads an image file as uint8 ``(image_size, image_size, 3)``.
-
-    Accepts 8/16-bit greyscale, RGB, RGBA (alpha dropped) and palette images of any size. Pixels
-    are first brought to 8 bits, then resized with Pillow's bilinear filter, which widens its kernel
-    by the scale factor when shrinking (area-like antialiasing; the same resize the original's
-    torchvision ``Resize`` applied to PIL images). Greyscale is replicated to 3 channels.
-    """
-    with Image.open(path) as image:
-        pixels = _to_uint8_array(image)
-    if pixels.shape[:2] != (image_size, image_size):
-        mode = "L" if pixels.ndim == 2 else "RGB"
-        resized = Image.fromarray(pixels, mode).resize((image_size, image_size), Image.Resampling.BILINEAR)
-        pixels = np.asarray(resized, np.uint8)
-    if pixels.ndim == 2:
-        pixels = np.repeat(pixels[..., None], 3, axis=-1)
-    return pixels
-
-
-def check_image(path: Path) -> str | None:
-    """Decodes the whole file; returns a problem description or None if it is a usable image."""
-    try:
-        with Image.open(path) as image:
-            image.load()  # decodes every byte: catches truncated files, not only bad headers
-            _to_uint8_array(image)
-    except Exception as e:  # any decoder failure is the same user-facing problem
-        return f"{path}: unreadable or truncated image ({type(e).__name__}: {e})"
-    return None
-
-
-# ------------------------------------------------------------------------------------------------
 # Sample naming
 
 
@@ -219,6 +171,8 @@ def _read_metadata_csv(
         raw = csv_path.read_bytes()
         # Names stay text: "001" must match a folder called 001, not become the number 1.
         frame = pd.read_csv(csv_path, dtype={SAMPLE_COLUMN: str, RESERVOIR_COLUMN: str})
+        # Every cell as written, for messages: "NaN", "-3.2" or an empty cell, not np.float64(nan).
+        written = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except Exception as e:  # any read or parse failure is reported with its reason
         problems.append(f"{csv_path}: cannot read metadata CSV ({type(e).__name__}: {e})")
         return None, ""
@@ -231,7 +185,11 @@ def _read_metadata_csv(
 
     def line(i: int) -> str:
         # +2: the header is line 1 and pandas rows count from 0.
-        return f"{csv_path} line {i + 2} (sample {frame[SAMPLE_COLUMN].iloc[i]!r})"
+        return f"{csv_path} line {i + 2} (sample {written[SAMPLE_COLUMN].iloc[i]!r})"
+
+    def got(column: str, i: int) -> str:
+        text = written[column].iloc[i].strip()
+        return f"got {text}" if text else "got an empty cell"
 
     bad = np.zeros(len(frame), bool)
     names = frame[SAMPLE_COLUMN]
@@ -249,16 +207,16 @@ def _read_metadata_csv(
     for column in ("Permeability", "Pixelsize"):
         values = numeric(column)
         for i in np.flatnonzero(~(values > 0)):  # also catches NaN and non-numeric entries
-            problems.append(f"{line(i)}: {column} must be a positive number, got {frame[column][i]!r}")
+            problems.append(f"{line(i)}: {column} must be a positive number, {got(column, i)}")
             bad[i] = True
     porosity = numeric("Porosity")
     for i in np.flatnonzero(~((porosity >= 0) & (porosity <= 1))):
-        problems.append(f"{line(i)}: Porosity must be in [0, 1], got {frame['Porosity'][i]!r}")
+        problems.append(f"{line(i)}: Porosity must be in [0, 1], {got('Porosity', i)}")
         bad[i] = True
     for column in spec.extra:
         values = numeric(column)
         for i in np.flatnonzero(~np.isfinite(values)):
-            problems.append(f"{line(i)}: {column} must be a finite number, got {frame[column][i]!r}")
+            problems.append(f"{line(i)}: {column} must be a finite number, {got(column, i)}")
             bad[i] = True
     if RESERVOIR_COLUMN in frame.columns:
         reservoirs = frame[RESERVOIR_COLUMN]
@@ -276,7 +234,7 @@ def read_metadata(metadata_csv: str | Path, spec: TargetSpec = TargetSpec()) -> 
     problems: list[str] = []
     frame, _ = _read_metadata_csv(Path(metadata_csv).absolute(), spec, problems)
     if problems:
-        raise DataValidationError(problems)
+        raise DataValidationError(problems, what="metadata CSV")
     assert frame is not None
     return frame
 

@@ -98,7 +98,7 @@ def search(
     query = Path(query)
     problem = check_image(query) if query.is_file() else f"{query}: no such query image"
     if problem:
-        raise DataValidationError([problem])
+        raise DataValidationError([problem], what="query image")
     metadata = read_metadata(metadata_csv, model.target_spec) if metadata_csv is not None else None
     sample = _query_sample(query, () if metadata is None else list(metadata.index))
     table = image_table([(query, sample)], metadata, model.target_spec)
