@@ -17,7 +17,6 @@ from PIL import Image
 from rockir_jax.physics import MILLIDARCY_M2, porosity, spanning_pores
 from rockir_jax.synth import dataset, render, volumes
 from rockir_jax.volumes.layout import slice_filename
-from rockir_jax.volumes.slicing import even_positions
 
 DATASET = Path(__file__).resolve().parents[1] / "datasets" / "synthetic_rocks"
 NAME = re.compile(r"^[A-Z0-9]{3}[A-Z0-9]{3}_slice\d+\.png$")
@@ -108,13 +107,6 @@ def test_naming_and_splits() -> None:
     assert slice_filename("VORS01", 3) == "VORS01_slice3.png"
     splits = [dataset.split_of(i, 8) for i in range(8)]
     assert splits == ["train"] * 5 + ["val"] + ["db_test"] * 2
-
-
-def test_slice_positions_spread_through_volume() -> None:
-    positions = even_positions(128, 12)
-    assert len(set(positions)) == 12
-    assert 0 < positions[0] and positions[-1] < 127
-    assert min(np.diff(positions)) >= 9
 
 
 def test_grain_labels_separate_grains() -> None:
