@@ -250,7 +250,7 @@ def test_prepared_volumes_train_and_evaluate(tmp_path: Path) -> None:
     train_and_evaluate(short_config(root, tmp_path / "cache"), workdir)
     report = evaluate.evaluate(
         evaluate.load_workdir(workdir), root, tmp_path / "eval", metadata_csv=root / "metadata.csv",
-        split="db_test", figures=1, batch_size=8,
+        split="db_test", k=3, figures=1, batch_size=8,
     )  # fmt: skip
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert report["n_images_with_metadata"] == metrics["n_images"] == 4
