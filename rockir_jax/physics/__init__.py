@@ -1,0 +1,28 @@
+"""Physics of 3-D pore volumes: porosity, specific surface, spanning pores, permeability, segmentation.
+
+A pore volume is a boolean array, True on pore voxels. Permeability comes from a snow2 pore network
+(porespy) and an OpenPNM Stokes flow on the inlet-outlet spanning cluster; porespy and openpnm (the
+``synth`` extra) are imported only by :func:`permeability_voxel2`, so everything else needs numpy
+and scipy alone.
+"""
+
+from rockir_jax.physics.flow import (
+    MILLIDARCY_M2,
+    permeability_voxel2,
+    quiet_network_tools,
+    voxel2_to_millidarcy,
+)
+from rockir_jax.physics.properties import porosity, spanning_pores, specific_surface
+from rockir_jax.physics.segmentation import Segmentation, otsu_threshold
+
+__all__ = [
+    "MILLIDARCY_M2",
+    "Segmentation",
+    "otsu_threshold",
+    "permeability_voxel2",
+    "porosity",
+    "quiet_network_tools",
+    "spanning_pores",
+    "specific_surface",
+    "voxel2_to_millidarcy",
+]

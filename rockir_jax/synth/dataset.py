@@ -1,0 +1,393 @@
+"""Synthetic data sets: one volume per sample, measured, sliced, rendered and written in the original layout.
+
+Everything is deterministic from a master seed: a sample's randomness comes from
+``np.random.SeedSequence(master_seed, spawn_key=(reservoir, sample, attempt))``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+
+from rockir_jax.physics import (
+    permeability_voxel2,
+    porosity,
+    quiet_network_tools,
+    spanning_pores,
+    specific_surface,
+    voxel2_to_millidarcy,
+)
+from rockir_jax.synth.render import render_slices
+from rockir_jax.synth.reservoirs import RESERVOIRS, Reservoir
+from rockir_jax.synth.volumes import FLOW_AXIS, make_volume
+from rockir_jax.volumes.layout import sample_folder, slice_filename
+from rockir_jax.volumes.slicing import even_positions
+
+# Per reservoir and split: 5 train, 1 val, 2 db_test samples out of 8 (more samples keep the ratio).
+SPLIT_FRACTIONS = (("train", 5 / 8), ("val", 1 / 8), ("db_test", 2 / 8))
+METADATA_COLUMNS = (
+    "Image",
+    "Label",
+    "GI",
+    "NI",
+    "Size",
+    "Depth",
+    "Pixelsize",
+    "Created_label",
+    "Porosity",
+    "Permeability",
+    "Reservoir",
+    "Generator",
+    "Split",
+    "Permeability_voxel2",
+    "Permeability_m2",
+    "Voxelsize",
+    "Specific_surface",
+    "Spanning_porosity",
+)
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Everything that determines a generated data set."""
+
+    seed: int = 20231
+    reservoirs: int = 6
+    samples_per_reservoir: int = 8
+    slices: int = 12
+    image_size: int = 128
+    volume_size: int = 128
+    max_attempts: int = 20
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """One generated sample: its slices, its CSV row and the record of how it was made."""
+
+    name: str
+    split: str
+    images: tuple[np.ndarray, ...]
+    row: dict[str, Any]
+    record: dict[str, Any]
+
+
+# --- naming and splits --------------------------------------------------------------------------
+
+
+def sample_name(reservoir_code: str, sample_index: int) -> str:
+    """``<reservoir 3 chars><sample 3 chars>``, e.g. ``VORS01`` for the first sample."""
+    return f"{reservoir_code}S{sample_index + 1:02d}"
+
+
+def split_of(sample_index: int, samples_per_reservoir: int) -> str:
+    """Split of a sample within its reservoir: first 5/8 train, next 1/8 val, the rest db_test."""
+    n_train = round(SPLIT_FRACTIONS[0][1] * samples_per_reservoir)
+    n_val = max(1, round(SPLIT_FRACTIONS[1][1] * samples_per_reservoir))
+    if sample_index < n_train:
+        return "train"
+    if sample_index < n_train + n_val:
+        return "val"
+    return "db_test"
+
+
+# --- seeds and parameters -----------------------------------------------------------------------
+
+
+def sample_seed_sequence(
+    master_seed: int, reservoir_index: int, sample_index: int, attempt: int
+) -> np.random.SeedSequence:
+    """The root of all randomness for one attempt at one sample."""
+    return np.random.SeedSequence(master_seed, spawn_key=(reservoir_index, sample_index, attempt))
+
+
+def draw_params(reservoir: Reservoir, rng: np.random.Generator) -> dict[str, float | int]:
+    """Uniform draws from a reservoir's ranges, in a fixed (sorted) order for reproducibility."""
+    params: dict[str, float | int] = {}
+    for key in sorted(reservoir.params):
+        low, high = reservoir.params[key]
+        value = float(rng.uniform(low, high))
+        params[key] = round(value) if key in reservoir.integer_params else round(value, 4)
+    return params
+
+
+# --- one sample -----------------------------------------------------------------------------------
+
+
+def generate_sample(config: DatasetConfig, reservoir_index: int, sample_index: int) -> SampleResult:
+    """Generate, measure and render one sample, redrawing volumes that do not percolate."""
+    reservoir = RESERVOIRS[reservoir_index]
+    shape = (config.volume_size,) * 3
+    for attempt in range(config.max_attempts):
+        seq = sample_seed_sequence(config.seed, reservoir_index, sample_index, attempt)
+        param_seq, volume_seq, render_seq = seq.spawn(3)
+        params = draw_params(reservoir, np.random.default_rng(param_seq))
+        rock = make_volume(reservoir.generator, shape, params, np.random.default_rng(volume_seq))
+        k_voxel2 = permeability_voxel2(rock.pore)
+        if k_voxel2 > 0:
+            break
+    else:
+        raise RuntimeError(
+            f"{sample_name(reservoir.code, sample_index)}: no percolating volume in "
+            f"{config.max_attempts} attempts"
+        )
+    positions = even_positions(shape[FLOW_AXIS], config.slices)
+    images = render_slices(rock, positions, reservoir.minerals, render_seq, config.image_size)
+    pore = rock.pore
+    name = sample_name(reservoir.code, sample_index)
+    split = split_of(sample_index, config.samples_per_reservoir)
+    pixel_size_um = reservoir.voxel_size_um * config.volume_size / config.image_size
+    row = {
+        "Image": name,
+        "Label": reservoir.code,
+        "GI": reservoir_index + 1,
+        "NI": sample_index + 1,
+        "Size": config.image_size,
+        "Depth": config.volume_size,
+        "Pixelsize": pixel_size_um,
+        "Created_label": name,
+        "Porosity": porosity(pore),
+        "Permeability": voxel2_to_millidarcy(k_voxel2, reservoir.voxel_size_um),
+        "Reservoir": reservoir.code,
+        "Generator": reservoir.generator,
+        "Split": split,
+        "Permeability_voxel2": k_voxel2,
+        "Permeability_m2": k_voxel2 * (reservoir.voxel_size_um * 1e-6) ** 2,
+        "Voxelsize": reservoir.voxel_size_um,
+        "Specific_surface": specific_surface(pore) / (reservoir.voxel_size_um * 1e-6),
+        "Spanning_porosity": porosity(spanning_pores(pore)),
+    }
+    record = {
+        "sample": name,
+        "reservoir": reservoir.code,
+        "reservoir_index": reservoir_index,
+        "sample_index": sample_index,
+        "split": split,
+        "generator": reservoir.generator,
+        "attempt": attempt,
+        "spawn_key": [reservoir_index, sample_index, attempt],
+        "params": params,
+        "volume_shape": list(shape),
+        "flow_axis": FLOW_AXIS,
+        "slice_positions": positions,
+        "voxel_size_um": reservoir.voxel_size_um,
+    }
+    return SampleResult(name=name, split=split, images=images, row=row, record=record)
+
+
+# --- the data set -------------------------------------------------------------------------------
+
+
+def sample_jobs(config: DatasetConfig) -> list[tuple[int, int]]:
+    """(reservoir, sample) index pairs of a data set, in file order."""
+    if not 1 <= config.reservoirs <= len(RESERVOIRS):
+        raise ValueError(f"reservoirs must be in 1..{len(RESERVOIRS)}, got {config.reservoirs}")
+    return [(r, s) for r in range(config.reservoirs) for s in range(config.samples_per_reservoir)]
+
+
+# one thread per process: the pool already uses every core
+SINGLE_THREAD_ENV = {
+    var: "1" for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
+}
+
+
+@contextlib.contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _generate_job(args: tuple[DatasetConfig, int, int]) -> SampleResult:
+    config, reservoir_index, sample_index = args
+    quiet_network_tools()
+    return generate_sample(config, reservoir_index, sample_index)
+
+
+def generate_samples(config: DatasetConfig, workers: int = 2) -> Iterator[SampleResult]:
+    """Yield every sample as it finishes (order varies; each result is deterministic)."""
+    jobs = [(config, r, s) for r, s in sample_jobs(config)]
+    if workers <= 1:
+        yield from map(_generate_job, jobs)
+        return
+    # spawn, not fork: numba and MKL thread pools do not survive a fork of a threaded parent.
+    # Spawned workers read the thread limits from the environment when they import numpy.
+    context = multiprocessing.get_context("spawn")
+    with _environment(SINGLE_THREAD_ENV), context.Pool(workers) as pool:
+        yield from pool.imap_unordered(_generate_job, jobs)
+
+
+def write_sample_images(out: Path, result: SampleResult) -> list[Path]:
+    """Write a sample's slices in the original layout (db_test is flat)."""
+    folder = sample_folder(out, result.split, result.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number, image in enumerate(result.images):
+        path = folder / slice_filename(result.name, number)
+        Image.fromarray(image, mode="L").save(path, format="PNG", optimize=True)
+        paths.append(path)
+    return paths
+
+
+def metadata_frame(results: Sequence[SampleResult]) -> pd.DataFrame:
+    """The metadata CSV's rows, sorted by sample name."""
+    rows = [r.row for r in sorted(results, key=lambda r: r.name)]
+    return pd.DataFrame(rows, columns=list(METADATA_COLUMNS))
+
+
+def write_metadata(out: Path, results: Sequence[SampleResult]) -> Path:
+    """``metadata.csv`` with full float precision, so a regeneration can be compared exactly."""
+    path = out / "metadata.csv"
+    metadata_frame(results).to_csv(path, index=False, float_format="%.10g")
+    return path
+
+
+def write_generation_record(
+    out: Path, config: DatasetConfig, results: Sequence[SampleResult], command: str
+) -> Path:
+    """``generation.json``: the config, the command and every sample's parameters and seed key."""
+    path = out / "generation.json"
+    record = {
+        "config": config.__dict__,
+        "command": command,
+        "seed_scheme": "np.random.SeedSequence(seed, spawn_key=(reservoir, sample, attempt))",
+        "reservoirs": [
+            {
+                "code": r.code,
+                "generator": r.generator,
+                "description": r.description,
+                "voxel_size_um": r.voxel_size_um,
+                "params": {k: list(v) for k, v in r.params.items()},
+                "minerals": dict(r.minerals),
+            }
+            for r in RESERVOIRS[: config.reservoirs]
+        ],
+        "samples": [r.record for r in sorted(results, key=lambda r: r.name)],
+    }
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def contact_sheet(results: Sequence[SampleResult], path: Path, columns: int = 6) -> Path:
+    """The middle slice of each reservoir's first ``columns`` samples, labelled, a row a reservoir."""
+    ordered = sorted(results, key=lambda r: (r.row["GI"], r.row["NI"]))
+    by_reservoir: dict[str, list[SampleResult]] = {}
+    for result in ordered:
+        by_reservoir.setdefault(result.row["Reservoir"], []).append(result)
+    columns = min(columns, max(len(v) for v in by_reservoir.values()))
+    tile, label = ordered[0].images[0].shape[0], 12
+    sheet = Image.new("L", (columns * tile, len(by_reservoir) * (tile + label)), 255)
+    draw = ImageDraw.Draw(sheet)
+    for row, code in enumerate(by_reservoir):
+        for col, result in enumerate(by_reservoir[code][:columns]):
+            x, y = col * tile, row * (tile + label)
+            image = result.images[len(result.images) // 2]
+            sheet.paste(Image.fromarray(image, mode="L"), (x, y + label))
+            text = f"{result.name} {result.row['Porosity']:.2f} {result.row['Permeability']:.3g}mD"
+            draw.text((x + 2, y), text, fill=0)
+    sheet.save(path, format="PNG", optimize=True)
+    return path
+
+
+COLUMN_DOCS = {
+    "Image": "sample name (the original matched it against file stems)",
+    "Label": "reservoir code",
+    "GI": "reservoir number (1-based)",
+    "NI": "sample number within its reservoir (1-based)",
+    "Size": "slice image side in pixels",
+    "Depth": "volume extent along the flow axis (slices are cut normal to it), voxels",
+    "Pixelsize": "image pixel size in µm (voxel size * volume size / image size)",
+    "Created_label": "sample name = folder name, `<reservoir 3 chars><sample 3 chars>`",
+    "Porosity": "pore voxel fraction of the whole volume",
+    "Permeability": "absolute permeability along the flow axis in mD (1 mD = 9.869233e-16 m²)",
+    "Reservoir": "reservoir code (same as Label)",
+    "Generator": "volume generator family",
+    "Split": "train, val or db_test",
+    "Permeability_voxel2": "permeability in voxel² (= Permeability_m2 / (Voxelsize·1e-6)²)",
+    "Permeability_m2": "permeability in m²",
+    "Voxelsize": "voxel edge of the 3-D volume in µm",
+    "Specific_surface": "pore-solid interface area per bulk volume in 1/m (voxel-face count)",
+    "Spanning_porosity": "pore fraction in clusters face-connected from inlet to outlet",
+}
+
+
+def write_readme(
+    out: Path,
+    config: DatasetConfig,
+    results: Sequence[SampleResult],
+    command: str,
+    wall_s: float,
+    workers: int,
+) -> Path:
+    """``README.md``: how the set was made, per-reservoir ranges, split counts and column units."""
+    frame = metadata_frame(results)
+    lines = [
+        "# Synthetic digital rocks",
+        "",
+        "Generated by `rockir-synthesize` (`rockir_jax.synth`, extra `synth`):",
+        "",
+        f"    {command}",
+        "",
+        f"Seed {config.seed}; {len(results)} samples x {config.slices} slices of "
+        f"{config.image_size}² px from {config.volume_size}³ volumes; generation took "
+        f"{wall_s / 60:.1f} min with {workers} worker processes. `generation.json` holds every "
+        "sample's parameters, seed key and slice positions; rerunning the command gives "
+        "identical PNGs and `metadata.csv`.",
+        "",
+        "Each reservoir is one generator family; each sample one volume (True = pore). Porosity is "
+        "the pore voxel fraction; permeability comes from a snow2 pore network and an OpenPNM "
+        "Stokes flow along the volume's first axis on the inlet-outlet spanning cluster "
+        "(non-percolating draws are redrawn). Slices are cut normal to the flow axis at evenly "
+        "spaced positions and rendered as micro-CT-like 8-bit images (resin-filled pores dark, "
+        "grain-wise mineral greys, texture, shading, PSF blur, noise).",
+        "",
+        "Targets as in the original: `log10(Permeability / Pixelsize**2) / 5` with Permeability in "
+        "mD and Pixelsize in µm, i.e. `Permeability / Pixelsize**2` is in mD/µm² "
+        "(= 1013.25 x permeability in pixel²).",
+        "",
+        "![overview](overview.png)",
+        "",
+        "| Reservoir | Generator | Rock | Voxel µm | Porosity | Permeability mD | train / val / db_test |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for reservoir in RESERVOIRS[: config.reservoirs]:
+        rows = frame[frame["Reservoir"] == reservoir.code]
+        counts = [int((rows["Split"] == split).sum()) for split, _ in SPLIT_FRACTIONS]
+        lines.append(
+            f"| {reservoir.code} | `{reservoir.generator}` | {reservoir.description} | "
+            f"{reservoir.voxel_size_um:g} | "
+            f"{rows['Porosity'].min():.3f}-{rows['Porosity'].max():.3f} | "
+            f"{rows['Permeability'].min():.3g}-{rows['Permeability'].max():.3g} | "
+            f"{' / '.join(map(str, counts))} |"
+        )
+    lines += [
+        "",
+        "Splits are by sample (no sample in two splits): per reservoir the first 5/8 of the "
+        "samples train, the next 1/8 val, the rest db_test. Layout: "
+        "`train/<sample>/<sample>_sliceN.png`, "
+        "`val/<sample>/…`, flat `db_test/<sample>_sliceN.png`.",
+        "",
+        "## metadata.csv columns",
+        "",
+        *[f"- `{name}`: {doc}" for name, doc in COLUMN_DOCS.items()],
+        "",
+    ]
+    path = out / "README.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,587 @@
+"""3-D micro-CT volumes to the data set training reads: slices, a metadata CSV, physics the lab lacks.
+
+For each volume (sample name = file stem): ``N`` slices normal to the chosen axes, windowed to 8 bits
+by percentile clipping, centre-cropped to a square and resized; porosity (pore voxel fraction of
+the whole volume) and absolute permeability along the slice normal (snow2 + OpenPNM Stokes flow on a
+centred sub-volume of at most ``flow_size``³ voxels) wherever the lab CSV has no value. Lab values
+win; ``Porosity_source`` and ``Permeability_source`` say where each value came from. With several
+slice axes, ``Permeability`` is the geometric mean of the per-axis values (``Permeability_axisN``).
+
+``Pixelsize`` is the pixel edge of the written images in µm: the voxel size times the crop side
+over the image side, so that training's ``log10(Permeability / Pixelsize**2)`` compares samples at
+the image scale the network sees.
+
+Writing is atomic: each volume is prepared in ``<out>.partial/volumes/<name>.tmp/`` and renamed to
+``<name>/`` when finished; the data set is assembled in ``<out>.partial/dataset/`` and renamed to
+``<out>`` only when every volume succeeded. A rerun reuses every finished volume whose file and
+settings have not changed, whether in ``<out>.partial`` (an interrupted run) or in ``<out>`` (a
+finished one; ``<out>/prepare.json`` records each volume).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from rockir_jax.physics import Segmentation, permeability_voxel2, quiet_network_tools, voxel2_to_millidarcy
+from rockir_jax.volumes.layout import sample_folder, slice_filename
+from rockir_jax.volumes.readers import RawSpec, Volume, VolumeError, find_volumes, open_volume, sample_name
+from rockir_jax.volumes.slicing import (
+    IntensityWindow,
+    pixel_size_um,
+    plan_slices,
+    read_slices,
+    to_training_image,
+    voxel_sample,
+)
+
+SPLITS = ("train", "val", "db_test")
+LAB_NAME_COLUMNS = ("Created_label", "Sample", "Image")
+LAB_VOXEL_COLUMNS = ("Voxelsize", "Pixelsize")
+RECORD = "prepare.json"
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """Everything that determines the prepared data set besides the volumes and the lab CSV."""
+
+    slices: int = 12
+    axes: tuple[int, ...] = (0,)
+    random_slices: bool = False
+    seed: int = 0
+    image_size: int | None = None
+    clip_percentiles: tuple[float, float] = (0.5, 99.5)
+    segmentation: Segmentation = field(default_factory=Segmentation)
+    flow_size: int = 128
+    voxel_size_um: float | None = None
+    raw: RawSpec | None = None
+    dataset: str | None = None
+    reservoir: str | None = None
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+
+    def __post_init__(self) -> None:
+        if (
+            not self.axes
+            or any(a not in (0, 1, 2) for a in self.axes)
+            or len(set(self.axes)) != len(self.axes)
+        ):
+            raise ValueError(f"axes are distinct values of 0, 1, 2, got {self.axes}")
+        if len(self.split_fractions) != 3 or min(self.split_fractions) < 0 or self.split_fractions[0] <= 0:
+            raise ValueError(
+                f"split fractions are train,val,db_test >= 0 with train > 0, got {self.split_fractions}"
+            )
+        if not 0 <= self.clip_percentiles[0] < self.clip_percentiles[1] <= 100:
+            raise ValueError(f"clip percentiles need 0 <= low < high <= 100, got {self.clip_percentiles}")
+        if self.flow_size < 16:
+            raise ValueError(f"flow sub-volume size must be at least 16 voxels, got {self.flow_size}")
+
+    def volume_settings(self) -> dict[str, Any]:
+        """The options a volume's slices and properties depend on (not the split)."""
+        settings = asdict(self)
+        settings.pop("split_fractions")
+        return settings
+
+
+@dataclass
+class VolumeResult:
+    """One prepared volume: its CSV row, slice files and where the values came from."""
+
+    name: str
+    status: str  # "ok", or "no_flow" for a volume that does not percolate (left out of the data set)
+    message: str
+    row: dict[str, Any]
+    files: list[str]
+    cuts: list[list[int]]
+    fingerprint: str
+    seconds: float
+    split: str | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> VolumeResult:
+        return cls(**json.loads(path.read_text()))
+
+
+@dataclass
+class PrepareReport:
+    """What a run did: every volume's result, which were reused, and the wall time."""
+
+    out: Path
+    results: list[VolumeResult]
+    reused: list[str]
+    seconds: float
+
+
+# --- the lab CSV ----------------------------------------------------------------------------------
+
+
+def read_lab_csv(path: str | Path) -> pd.DataFrame:
+    """Lab measurements indexed by sample name, checked; every problem is listed in one ValueError.
+
+    The name column is ``Created_label``, ``Sample`` or ``Image``; optional ``Porosity`` (fraction),
+    ``Permeability`` (mD), ``Voxelsize`` or ``Pixelsize`` (the volume's voxel edge, µm), ``Reservoir``
+    and any further numeric columns, which are copied to the output. Empty cells are unmeasured.
+    """
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path, dtype={c: str for c in (*LAB_NAME_COLUMNS, "Reservoir")})
+    except Exception as err:  # any read or parse failure is reported with its reason
+        raise ValueError(f"{path}: cannot read the lab CSV ({type(err).__name__}: {err})") from None
+    names = [c for c in LAB_NAME_COLUMNS if c in frame.columns]
+    if not names:
+        raise ValueError(f"{path}: needs a sample name column ({', '.join(LAB_NAME_COLUMNS)})")
+    frame = frame.rename(columns={names[0]: "Sample"})
+    problems = []
+
+    def line(i: int) -> str:
+        return f"{path} line {i + 2} (sample {frame['Sample'].iloc[i]!r})"
+
+    for i in np.flatnonzero(frame["Sample"].isna()):
+        problems.append(f"{line(i)}: missing sample name")
+    for name in frame["Sample"][frame["Sample"].duplicated() & frame["Sample"].notna()].unique():
+        problems.append(f"{path}: sample {name!r} appears more than once")
+    for column, ok, rule in (
+        ("Porosity", lambda v: (v >= 0) & (v <= 1), "in [0, 1]"),
+        ("Permeability", lambda v: v > 0, "positive (mD)"),
+        *((c, lambda v: v > 0, "positive (µm)") for c in LAB_VOXEL_COLUMNS),
+    ):
+        if column in frame.columns:
+            values = pd.to_numeric(frame[column], errors="coerce")
+            bad = frame[column].notna() & ~ok(values.fillna(-1.0))
+            problems += [
+                f"{line(i)}: {column} must be {rule}, got {frame[column].iloc[i]!r}"
+                for i in np.flatnonzero(bad)
+            ]
+            frame[column] = values
+    if problems:
+        raise ValueError("problems in the lab CSV:\n" + "\n".join(f"  - {p}" for p in problems))
+    return frame.set_index("Sample")
+
+
+def _lab_values(lab: pd.DataFrame | None, name: str) -> dict[str, Any]:
+    """The lab's non-empty values for sample ``name`` (numbers as floats)."""
+    if lab is None or name not in lab.index:
+        return {}
+    row = lab.loc[name]
+    return {k: (v if isinstance(v, str) else float(v)) for k, v in row.items() if not pd.isna(v)}
+
+
+# --- one volume -----------------------------------------------------------------------------------
+
+
+def _fingerprint(path: Path, options: PrepareOptions, lab: Mapping[str, Any]) -> str:
+    """Changes when the volume's file, the settings its result depends on, or its lab row change."""
+    files = sorted(path.iterdir()) if path.is_dir() else [path, path.with_suffix(".json")]
+    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.is_file()]
+    text = json.dumps(
+        [str(path.absolute()), stats, options.volume_settings(), dict(lab)], sort_keys=True, default=str
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _pore_fraction(volume: Volume, segmentation: Segmentation, threshold: float, bar: tqdm) -> float:
+    """Pore voxel fraction of the whole volume, counted a chunk at a time."""
+    pores = 0
+    for _, block in volume.chunks():
+        pores += int(np.count_nonzero(segmentation.pore_mask(block, threshold)))
+        bar.update(len(block))
+    return pores / float(np.prod(volume.shape))
+
+
+def _flow_box(shape: Sequence[int], size: int) -> tuple[slice, ...]:
+    """The centred sub-volume of at most ``size`` voxels per axis."""
+    return tuple(slice((n - min(n, size)) // 2, (n - min(n, size)) // 2 + min(n, size)) for n in shape)
+
+
+def _stage(name: str, stage: str, total: int, unit: str) -> tqdm:
+    return tqdm(total=total, desc=f"{name}: {stage}", unit=unit, leave=False)
+
+
+def prepare_volume(
+    path: Path, options: PrepareOptions, lab: Mapping[str, Any], folder: Path, fingerprint: str
+) -> VolumeResult:
+    """Slices and properties of the volume at ``path``; writes its PNGs into ``folder``.
+
+    Raises VolumeError for an unusable volume (unreadable, constant, all solid or all pore, no voxel
+    size). A volume that does not percolate gives ``status="no_flow"`` and no permeability.
+    """
+    start = time.perf_counter()
+    name = sample_name(path)
+    with open_volume(path, options.raw, options.dataset) as volume:
+        voxel = lab.get("Voxelsize", lab.get("Pixelsize", volume.voxel_size_um or options.voxel_size_um))
+        if voxel is None:
+            raise VolumeError(
+                f"{path}: no voxel size: give --voxel-size, a Voxelsize column in the lab CSV, "
+                f'or "voxel_size_um" in {path.with_suffix(".json").name}'
+            )
+        sample = voxel_sample(volume)
+        try:
+            window = IntensityWindow.of(sample, options.clip_percentiles)
+        except ValueError as err:
+            raise VolumeError(f"{path}: {err}") from None
+        random = None
+        if options.random_slices:
+            random = np.random.default_rng(
+                np.random.SeedSequence(options.seed, spawn_key=(zlib.crc32(name.encode()),))
+            )
+        plan = plan_slices(volume.shape, options.slices, options.axes, random)
+        # axis-0 slices are one plane each; any other axis costs one pass over every plane
+        across = any(axis != 0 for axis, _ in plan.cuts)
+        reads = sum(axis == 0 for axis, _ in plan.cuts) + (volume.shape[0] if across else 0)
+        with _stage(name, "slices", reads, "plane") as bar:
+            slices = read_slices(volume, plan, bar.update)
+        files = []
+        for number, image in enumerate(slices):
+            files.append(slice_filename(name, number))
+            Image.fromarray(to_training_image(image, window, options.image_size), mode="L").save(
+                folder / files[-1], format="PNG", optimize=True
+            )
+        row: dict[str, Any] = {
+            "Created_label": name,
+            "Image": name,
+            "Pixelsize": pixel_size_um(voxel, slices[0].shape, options.image_size),
+            "Voxelsize": voxel,
+            "Size": options.image_size or min(slices[0].shape),
+            "Depth": volume.shape[plan.axes[0]],
+            "Intensity_low": window.low,
+            "Intensity_high": window.high,
+        }
+        needs_porosity, needs_permeability = "Porosity" not in lab, "Permeability" not in lab
+        status, message = "ok", ""
+        if needs_porosity or needs_permeability:
+            seg = options.segmentation
+            threshold = seg.threshold(sample)
+            with _stage(name, "porosity", volume.shape[0], "plane") as bar:
+                fraction = _pore_fraction(volume, seg, threshold, bar)
+            how = seg.describe(threshold)
+            if fraction in (0.0, 1.0):
+                phase = "solid" if fraction == 0 else "pore"
+                raise VolumeError(f"{path}: the volume is all {phase} with {how}; check the segmentation")
+            row["Porosity"] = fraction
+            row["Porosity_source"] = f"computed: pore fraction, {how}" if needs_porosity else "lab"
+            if needs_permeability:
+                row, status, message = _permeability(volume, row, options, threshold, how, voxel)
+    for key, value in lab.items():
+        if key not in ("Voxelsize", "Pixelsize"):
+            row[key] = value
+            if key in ("Porosity", "Permeability"):
+                row[f"{key}_source"] = "lab"
+    row.setdefault("Porosity", np.nan)
+    return VolumeResult(
+        name,
+        status,
+        message,
+        row,
+        files,
+        [list(c) for c in plan.cuts],
+        fingerprint,
+        time.perf_counter() - start,
+    )
+
+
+def _permeability(
+    volume: Volume, row: dict[str, Any], options: PrepareOptions, threshold: float, how: str, voxel: float
+) -> tuple[dict[str, Any], str, str]:
+    """``row`` with the permeability along each slice axis, or the no-flow status and its message."""
+    name = row["Created_label"]
+    box = _flow_box(volume.shape, options.flow_size)
+    with _stage(name, "permeability", len(options.axes) + 1, "step") as bar:
+        pore = options.segmentation.pore_mask(
+            volume.read(box[0].start, box[0].stop)[:, box[1], box[2]], threshold
+        )
+        bar.update()
+        values = {}
+        for axis in options.axes:
+            values[axis] = permeability_voxel2(pore, axis)
+            bar.update()
+    size = "x".join(str(n) for n in pore.shape)
+    blocked = [a for a, k in values.items() if k == 0]
+    if blocked:
+        message = (
+            f"{volume.path}: does not percolate along axis {', '.join(map(str, blocked))}: no face-connected "
+            f"pore path from inlet to outlet in the centred {size} sub-volume ({how}); left out, no "
+            "permeability invented"
+        )
+        return row, "no_flow", message
+    millidarcy = {a: voxel2_to_millidarcy(k, voxel) for a, k in values.items()}
+    if len(millidarcy) > 1:
+        row |= {f"Permeability_axis{a}": k for a, k in millidarcy.items()}
+    row["Permeability"] = float(np.exp(np.mean(np.log(list(millidarcy.values())))))
+    mean = " (geometric mean over axes)" if len(millidarcy) > 1 else ""
+    axes = ",".join(map(str, millidarcy))
+    row["Permeability_source"] = (
+        f"computed: snow2 + Stokes flow along axis {axes}{mean}, {size} sub-volume, {how}"
+    )
+    return row, "ok", ""
+
+
+# --- the data set ---------------------------------------------------------------------------------
+
+
+def assign_splits(names: Sequence[str], fractions: Sequence[float], seed: int) -> dict[str, str]:
+    """Sample-level split: names shuffled with ``seed``, then counts from ``fractions`` (train, val, db_test).
+
+    Val and db_test get at least one sample when their fraction is positive and a training sample
+    remains; train gets the rest.
+    """
+    order = sorted(names)
+    np.random.default_rng(seed).shuffle(order)
+    total = sum(fractions)
+    counts = [0, 0]
+    for i, fraction in enumerate(fractions[1:]):
+        counts[i] = round(fraction / total * len(order))
+        if fraction > 0 and counts[i] == 0 and len(order) - sum(counts) > 1:
+            counts[i] = 1
+    n_train = len(order) - sum(counts)
+    if n_train < 1:
+        raise ValueError(
+            f"{len(order)} usable volume(s) leave no training sample with split {tuple(fractions)}"
+        )
+    splits = ["train"] * n_train + ["val"] * counts[0] + ["db_test"] * counts[1]
+    return dict(zip(order, splits, strict=True))
+
+
+def metadata_frame(results: Sequence[VolumeResult], reservoir: str | None) -> pd.DataFrame:
+    """The CSV training reads, one row per usable sample, sorted by name (see the module docstring)."""
+    rows = [dict(r.row, Split=r.split) for r in sorted(results, key=lambda r: r.name)]
+    frame = pd.DataFrame(rows)
+    if reservoir is not None or "Reservoir" in frame.columns:
+        given = frame["Reservoir"] if "Reservoir" in frame.columns else pd.Series(np.nan, index=frame.index)
+        # training's own fallback, written out: the first 3 characters of the sample name
+        frame["Reservoir"] = given.fillna(
+            reservoir if reservoir is not None else frame["Created_label"].str[:3]
+        )
+    first = ["Created_label", "Image", "Porosity", "Permeability", "Pixelsize", "Reservoir", "Split"]
+    first = [c for c in first if c in frame.columns]
+    sources = ["Porosity_source", "Permeability_source"]
+    return frame[first + [c for c in frame.columns if c not in first + sources] + sources]
+
+
+def contact_sheet(
+    results: Sequence[VolumeResult], folders: Mapping[str, Path], path: Path, per_sample: int = 4
+) -> Path:
+    """A row per sample: up to ``per_sample`` slices, labelled with porosity and permeability."""
+    tile, label = 96, 14
+    ordered = sorted(results, key=lambda r: r.name)
+    sheet = Image.new("L", (per_sample * tile, len(ordered) * (tile + label)), 255)
+    draw = ImageDraw.Draw(sheet)
+    for row, result in enumerate(ordered):
+        y = row * (tile + label)
+        picks = np.unique(
+            np.linspace(0, len(result.files) - 1, min(per_sample, len(result.files))).round().astype(int)
+        )
+        for col, pick in enumerate(picks):
+            with Image.open(folders[result.name] / result.files[pick]) as image:
+                sheet.paste(image.convert("L").resize((tile, tile)), (col * tile, y + label))
+        values = result.row
+        mark = {
+            k: "lab" if values.get(f"{k}_source") == "lab" else "computed"
+            for k in ("Porosity", "Permeability")
+        }
+        draw.text(
+            (2, y),
+            f"{result.name} [{result.split}]  porosity {values['Porosity']:.3f} ({mark['Porosity']})  "
+            f"k {values['Permeability']:.3g} mD ({mark['Permeability']})",
+            fill=0,
+        )
+    sheet.save(path, format="PNG", optimize=True)
+    return path
+
+
+def _replace(target: Path, new: Path) -> None:
+    """Puts ``new`` at ``target``, an existing ``target`` moved aside first and deleted after."""
+    old = target.with_name(target.name + ".old")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _previous(out: Path) -> dict[str, VolumeResult]:
+    """The volumes of a data set this function wrote before (empty when ``out`` does not exist)."""
+    old = out.with_name(out.name + ".old")
+    if not out.exists() and old.exists():
+        os.replace(old, out)  # a run stopped between the two renames of _replace
+    if not out.exists():
+        return {}
+    if not (out / RECORD).is_file():
+        raise ValueError(
+            f"{out}: exists and was not written by rockir-prepare (no {RECORD}); choose another --out"
+        )
+    record = json.loads((out / RECORD).read_text())
+    return {name: VolumeResult(**v) for name, v in record["volumes"].items()}
+
+
+def prepare_dataset(
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    options: PrepareOptions = PrepareOptions(),
+    lab_csv: str | Path | None = None,
+) -> PrepareReport:
+    """Prepares every volume in ``inputs`` and writes the data set to ``out`` (module docstring).
+
+    Raises ValueError listing every unusable volume or lab CSV row; the data set is then not
+    written, and the volumes that succeeded are kept for the rerun.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    paths = find_volumes([Path(p) for p in inputs])
+    if not paths:
+        raise FileNotFoundError(f"no volumes in {', '.join(map(str, inputs))}")
+    by_name: dict[str, Path] = {}
+    problems = []
+    for path in paths:
+        name = sample_name(path)
+        if name in by_name:
+            problems.append(f"{path}: sample name {name!r} is also {by_name[name]}'s")
+        by_name[name] = path
+    lab = read_lab_csv(lab_csv) if lab_csv is not None else None
+    if lab is not None:
+        for i, name in enumerate(lab.index):
+            if name not in by_name:
+                problems.append(
+                    f"{lab_csv} line {i + 2}: sample {name!r} has no volume in {', '.join(map(str, inputs))}"
+                )
+    if problems:
+        raise ValueError("cannot prepare:\n" + "\n".join(f"  - {p}" for p in problems))
+
+    previous = _previous(out)
+    partial = out.with_name(out.name + ".partial")
+    work = partial / "volumes"
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(partial / "dataset", ignore_errors=True)
+    results: dict[str, VolumeResult] = {}
+    folders: dict[str, Path] = {}
+    reused: list[str] = []
+    errors: list[str] = []
+    quiet = False
+    for name, path in tqdm(sorted(by_name.items()), desc="volumes", unit="volume"):
+        values = _lab_values(lab, name)
+        fingerprint = _fingerprint(path, options, values)
+        done = work / name / "result.json"
+        if done.is_file() and VolumeResult.load(done).fingerprint == fingerprint:
+            results[name], folders[name] = VolumeResult.load(done), work / name
+            reused.append(name)
+            continue
+        before = previous.get(name)
+        if before is not None and before.fingerprint == fingerprint:
+            results[name] = before
+            folders[name] = sample_folder(out, before.split, name) if before.split else out
+            reused.append(name)
+            continue
+        if not quiet:
+            quiet_network_tools()  # only once a volume is computed: importing porespy takes seconds
+            quiet = True
+        tmp = work / f"{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(work / name, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            result = prepare_volume(path, options, values, tmp, fingerprint)
+        except VolumeError as err:
+            errors.append(str(err))
+            shutil.rmtree(tmp)
+            tqdm.write(f"error: {err}", file=sys.stderr)
+            continue
+        if result.status != "ok":
+            tqdm.write(f"warning: {result.message}", file=sys.stderr)
+        (tmp / "result.json").write_text(json.dumps(asdict(result), indent=1, default=float) + "\n")
+        os.replace(tmp, work / name)
+        results[name], folders[name] = result, work / name
+    if errors:
+        kept = f"; the {len(results)} finished volume(s) are kept in {work} for the rerun" if results else ""
+        raise ValueError(
+            f"{len(errors)} volume(s) unusable, {out} not written{kept}:\n"
+            + "\n".join(f"  - {e}" for e in errors)
+        )
+
+    usable = [r for r in results.values() if r.status == "ok"]
+    if not usable:
+        raise ValueError(f"no volume percolates, so no sample has a permeability; {out} not written")
+    splits = assign_splits([r.name for r in usable], options.split_fractions, options.seed)
+    for result in results.values():
+        result.split = splits.get(result.name)
+    unchanged = previous.keys() == results.keys() and all(
+        previous[n].fingerprint == r.fingerprint and previous[n].split == r.split for n, r in results.items()
+    )
+    if not unchanged:
+        _assemble(out, partial, results, folders, options)
+    shutil.rmtree(partial, ignore_errors=True)
+    return PrepareReport(
+        out, sorted(results.values(), key=lambda r: r.name), reused, time.perf_counter() - start
+    )
+
+
+def _assemble(
+    out: Path,
+    partial: Path,
+    results: Mapping[str, VolumeResult],
+    folders: Mapping[str, Path],
+    options: PrepareOptions,
+) -> None:
+    """Writes the data set into ``<partial>/dataset`` and renames it to ``out``."""
+    dataset = partial / "dataset"
+    usable = [r for r in results.values() if r.status == "ok"]
+    for result in usable:
+        target = sample_folder(dataset, result.split, result.name)
+        target.mkdir(parents=True, exist_ok=True)
+        for file in result.files:
+            shutil.copy2(folders[result.name] / file, target / file)
+    metadata_frame(usable, options.reservoir).to_csv(
+        dataset / "metadata.csv", index=False, float_format="%.10g"
+    )
+    contact_sheet(
+        usable,
+        {r.name: sample_folder(dataset, r.split, r.name) for r in usable},
+        dataset / "contact_sheet.png",
+    )
+    record = {
+        "options": options.volume_settings() | {"split_fractions": list(options.split_fractions)},
+        "volumes": {name: asdict(r) for name, r in sorted(results.items())},
+    }
+    (dataset / RECORD).write_text(json.dumps(record, indent=1, default=str) + "\n")
+    _replace(out, dataset)
+
+
+def summary_table(report: PrepareReport) -> str:
+    """The end-of-run table: a line per volume, then totals of slices, computed and lab values, time."""
+    header = ("volume", "split", "slices", "porosity", "k (mD)", "values", "time")
+    lines = ["{:<16} {:<8} {:>6} {:>9} {:>10}  {:<28} {:>7}".format(*header)]
+    computed = lab = 0
+    for r in report.results:
+        if r.status != "ok":
+            left_out = "{:<16} {:<8} {:>6} {:>9} {:>10}  {:<28}".format(r.name, *"----", "no flow: left out")
+            lines.append(f"{left_out} {r.seconds:>6.1f}s")
+            continue
+        kinds = []
+        for key in ("Porosity", "Permeability"):
+            source = "lab" if r.row.get(f"{key}_source", "lab") == "lab" else "computed"
+            computed, lab = computed + (source == "computed"), lab + (source == "lab")
+            kinds.append(source)
+        reused = " (reused)" if r.name in report.reused else ""
+        porosity, permeability = r.row["Porosity"], r.row["Permeability"]
+        lines.append(
+            f"{r.name:<16} {r.split:<8} {len(r.files):>6} {porosity:>9.4f} {permeability:>10.4g}  "
+            f"{'/'.join(kinds) + reused:<28} {r.seconds:>6.1f}s"
+        )
+    usable = [r for r in report.results if r.status == "ok"]
+    n_slices = sum(len(r.files) for r in usable)
+    lines.append(
+        f"{len(report.results)} volume(s), {len(usable)} in the data set, {n_slices} slices; "
+        f"{computed} value(s) computed, {lab} from the lab; {len(report.reused)} volume(s) reused; "
+        f"{report.seconds:.1f} s -> {report.out}"
+    )
+    return "\n".join(lines)
