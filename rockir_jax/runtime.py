@@ -102,9 +102,8 @@ def use_one_cpu_device_per_core() -> None:
 
     XLA:CPU runs every convolution with 64 input or output channels (ResNet's stem and first stage)
     on a single thread, so a one-device CPU run leaves the other cores mostly idle there. One device
-    per core turns them into data parallelism, which the sharded steps already do: measured on 2
-    cores, the DSNN train step went from 2.41 to 2.86 pairs/s at 224² (docs/BENCHMARKS.md). A device
-    count the user chose (``XLA_FLAGS=--xla_force_host_platform_device_count``, ``jax_num_cpu_devices``)
+    per core turns them into data parallelism, which the sharded steps already do (docs/cpu-speed.md).
+    A device count the user chose (``XLA_FLAGS=--xla_force_host_platform_device_count``, ``jax_num_cpu_devices``)
     is kept, and GPU or TPU runs are unaffected (their devices are not CPU devices).
     """
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
@@ -126,8 +125,7 @@ def reuse_freed_memory() -> bool:
 
     XLA:CPU allocates each execution's temporary buffers afresh (hundreds of MB per DSNN step) and
     glibc serves blocks that large with ``mmap`` and returns them with ``munmap``, so every step the
-    kernel maps and zero-fills them again: 280,000 page faults and 0.55 s of system time per 224² train
-    step on 2 cores, 5-6 % of its wall time (docs/BENCHMARKS.md). One heap (``M_ARENA_MAX``), no
+    kernel maps and zero-fills them again (docs/cpu-speed.md). One heap (``M_ARENA_MAX``), no
     ``mmap`` (``M_MMAP_MAX``) and no trimming make the next step reuse the same pages; the process keeps
     its peak heap, as tcmalloc-style allocators do. Returns whether glibc took the settings (not on
     other C libraries, where this does nothing).
