@@ -103,8 +103,9 @@ def use_one_cpu_device_per_core() -> None:
     XLA:CPU runs every convolution with 64 input or output channels (ResNet's stem and first stage)
     on a single thread, so a one-device CPU run leaves the other cores mostly idle there. One device
     per core turns them into data parallelism, which the sharded steps already do (docs/cpu-speed.md).
-    A device count the user chose (``XLA_FLAGS=--xla_force_host_platform_device_count``, ``jax_num_cpu_devices``)
-    is kept, and GPU or TPU runs are unaffected (their devices are not CPU devices).
+    A device count the user chose (``XLA_FLAGS=--xla_force_host_platform_device_count``,
+    ``jax_num_cpu_devices``) is kept, and GPU or TPU runs are unaffected (their devices are not CPU
+    devices).
     """
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return

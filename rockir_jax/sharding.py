@@ -10,7 +10,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -44,6 +46,26 @@ def data_parallel_devices(
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Places a pytree on every device of ``mesh``."""
     return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def replicated_targets(tree: Any, mesh: Mesh) -> Any:
+    """Restore targets for ``tree``'s arrays: its shapes and dtypes, replicated on ``mesh``.
+
+    orbax restores onto these shardings instead of the ones recorded at save time, so a checkpoint
+    written on other devices (another count, platform or number of processes) restores here; each
+    process reads only what its own devices hold.
+    """
+    replicated = NamedSharding(mesh, P())
+    return jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(np.shape(leaf), jnp.result_type(leaf), sharding=replicated),
+        tree,
+    )
+
+
+def host_restore_args(metadata: Any) -> Any:
+    """orbax restore arguments that read every array of a checkpoint's ``metadata`` tree as numpy on
+    the host, whatever devices wrote it."""
+    return jax.tree.map(lambda leaf: ocp.RestoreArgs(restore_type=np.ndarray, dtype=leaf.dtype), metadata)
 
 
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -151,7 +151,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     )
     metrics_log = MetricsLog(workdir)
     if checkpointer.latest_step() is not None:
-        state = checkpointer.restore(state, train_iter)
+        state = checkpointer.restore(state, train_iter, layout.data_mesh)
         log.info("resumed from step %d", int(state.step))
     if is_chief:
         metrics_log.truncate_after(int(state.step))

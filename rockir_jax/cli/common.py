@@ -60,8 +60,11 @@ def run(
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that choose a model, shared by the commands that embed images."""
-    group = parser.add_argument_group("model (one of --workdir, --checkpoint + --config, --model vanilla)")
+    group = parser.add_argument_group(
+        "model (one of --workdir, --model-dir, --checkpoint + --config, --model vanilla)"
+    )
     group.add_argument("--workdir", type=path, help="a training run (config.json + checkpoints/)")
+    group.add_argument("--model-dir", type=path, help="an exported model (rockir-export's --out)")
     group.add_argument("--checkpoint", type=path, help="a checkpoints/ directory of a run")
     group.add_argument("--config", type=path, help="config file of --checkpoint (configs/*.py or .json)")
     group.add_argument("--step", type=int, help="checkpoint step (default: the best, else the latest)")
@@ -75,6 +78,7 @@ def model_from_arguments(args: argparse.Namespace) -> LoadedModel:
     """The model chosen by :func:`add_model_arguments`' options."""
     return load_model(
         args.workdir,
+        model_dir=args.model_dir,
         checkpoint=args.checkpoint,
         config=args.config,
         step=args.step,

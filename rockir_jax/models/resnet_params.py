@@ -22,6 +22,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from rockir_jax import sharding
 from rockir_jax.models.resnet import resnet
 
 CONV2D = (2, 3, 1, 0)  # OIHW → HWIO
@@ -205,15 +206,17 @@ def save_variables(variables: Mapping[str, Any], directory: str | Path) -> Path:
 
 
 def load_variables(directory: str | Path) -> dict[str, Any]:
-    """Reads Flax variables written by :func:`save_variables` (e.g. a ported ImageNet backbone)."""
+    """Reads Flax variables written by :func:`save_variables` (e.g. a ported ImageNet backbone) as host
+    numpy arrays, whatever devices wrote them."""
     import orbax.checkpoint as ocp
 
     directory = Path(directory).absolute()
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: no such checkpoint directory")
-    with ocp.StandardCheckpointer() as checkpointer:
-        restored = checkpointer.restore(directory)
-    return jax.tree.map(np.asarray, restored)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        saved = checkpointer.metadata(directory).item_metadata.tree
+        args = ocp.args.PyTreeRestore(item=saved, restore_args=sharding.host_restore_args(saved))
+        return checkpointer.restore(directory, args=args)
 
 
 def _linear_rules(*modules: str) -> list[tuple[str, str, tuple[int, ...] | None]]:

@@ -19,7 +19,7 @@ import numpy as np
 from rockir_jax.configuration import load_config
 from rockir_jax.data.metadata import TargetSpec
 from rockir_jax.models import build_model, resnet_params
-from rockir_jax.training.checkpoint import restore_variables
+from rockir_jax.training.checkpoint import read_model_dir, restore_variables, variables_fingerprint
 
 DEFAULT_TARGETS = TargetSpec()
 
@@ -39,13 +39,12 @@ class LoadedModel:
     target_spec: TargetSpec = DEFAULT_TARGETS
 
 
-def load_trained(
-    checkpoint_dir: str | Path, config: ml_collections.ConfigDict, step: int | None = None
-) -> LoadedModel:
-    """The DSNN or Siamese model of ``config`` with variables from ``checkpoint_dir`` (default: its
-    best checkpoint, else its latest)."""
-    checkpoint_dir = Path(checkpoint_dir).absolute()
-    variables, step = restore_variables(checkpoint_dir, step)
+def _trained(config: ml_collections.ConfigDict, variables: Mapping[str, Any], step: int) -> LoadedModel:
+    """The DSNN or Siamese model of ``config`` around trained ``variables``.
+
+    Its identity is the architecture, input size, step and the weights' SHA-256, not where they were
+    read from: a run and its export (or a moved run) build interchangeable indexes.
+    """
     extra = tuple(config.data.extra_targets)
     module = build_model(
         config.model,
@@ -58,12 +57,19 @@ def load_trained(
         "model": config.model,
         "backbone": config.backbone,
         "image_size": config.image_size,
-        "checkpoint": str(checkpoint_dir),
         "step": int(step),
+        "variables_sha256": variables_fingerprint(variables),
     }
-    # Host copies: the embed step places them on its own mesh, whatever devices trained them.
-    variables = jax.tree.map(np.asarray, variables)
     return LoadedModel(module, variables, config.image_size, identity, TargetSpec(extra=extra))
+
+
+def load_trained(
+    checkpoint_dir: str | Path, config: ml_collections.ConfigDict, step: int | None = None
+) -> LoadedModel:
+    """The DSNN or Siamese model of ``config`` with variables from ``checkpoint_dir`` (default: its
+    best checkpoint, else its latest), whatever devices saved them."""
+    variables, step = restore_variables(checkpoint_dir, step)
+    return _trained(config, variables, step)
 
 
 def load_workdir(workdir: str | Path, step: int | None = None) -> LoadedModel:
@@ -72,6 +78,12 @@ def load_workdir(workdir: str | Path, step: int | None = None) -> LoadedModel:
     if not workdir.is_dir():
         raise FileNotFoundError(f"{workdir}: no such run directory")
     return load_trained(workdir / "checkpoints", load_config(workdir / "config.json"), step)
+
+
+def load_exported(model_dir: str | Path) -> LoadedModel:
+    """The model of a directory written by :func:`rockir_jax.training.checkpoint.export_model`."""
+    variables, config, manifest = read_model_dir(model_dir)
+    return _trained(config, variables, manifest["step"])
 
 
 def load_vanilla(
@@ -104,6 +116,7 @@ def load_vanilla(
 def load_model(
     workdir: str | Path | None = None,
     *,
+    model_dir: str | Path | None = None,
     checkpoint: str | Path | None = None,
     config: str | Path | ml_collections.ConfigDict | None = None,
     step: int | None = None,
@@ -115,18 +128,24 @@ def load_model(
     """The model to embed with, from exactly one source.
 
     - ``workdir``: a training run (``config.json`` + ``checkpoints/``);
+    - ``model_dir``: an exported model (:func:`rockir_jax.training.checkpoint.export_model`);
     - ``checkpoint`` with ``config``: a checkpoints directory and its config (a ``configs/*.py`` file,
       a run's ``config.json``, or a ConfigDict);
     - ``vanilla``: the untrained baseline of that backbone (e.g. ``"resnet34"``), with ported ImageNet
       weights from ``pretrained`` (else random, from ``seed``) at ``image_size``.
 
-    ``step`` picks a checkpoint (default: the best, else the latest).
+    ``step`` picks a checkpoint of a run (default: the best, else the latest).
     """
-    chosen = [workdir is not None, checkpoint is not None, vanilla is not None]
+    chosen = [workdir is not None, model_dir is not None, checkpoint is not None, vanilla is not None]
     if sum(chosen) != 1:
         raise ValueError(
-            "choose exactly one model: a run's workdir, a checkpoint with its config, or vanilla"
+            "choose exactly one model: a run's workdir, an exported model directory, a checkpoint with "
+            "its config, or vanilla"
         )
+    if model_dir is not None:
+        if step is not None:
+            raise ValueError(f"{model_dir} is an exported model of one step: export another step instead")
+        return load_exported(model_dir)
     if workdir is not None:
         return load_workdir(workdir, step)
     if checkpoint is not None:

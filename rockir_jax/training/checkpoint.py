@@ -1,20 +1,35 @@
-"""orbax checkpoints of a training run: train state + grain iterator state, latest N plus the best.
+"""orbax checkpoints of a training run (train state + grain iterator state, latest N plus the best),
+and exported models (one directory to hand to someone else).
 
 A checkpoint holds two items: ``state`` (step, params, batch_stats, optimiser state) and ``data``
 (the grain iterator's position). orbax writes each step into a temporary directory and renames it
 when complete, so a run killed mid-write leaves the previous checkpoint as the latest restorable one.
+
+Every read places the arrays on the reading process's devices (or on the host), never on the shardings
+recorded at save time: a checkpoint written on N devices, another platform or several processes opens
+anywhere.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import grain
 import jax
+import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers
 
+from rockir_jax import sharding
+from rockir_jax.configuration import load_config
+from rockir_jax.models import resnet_params
 from rockir_jax.training.step import TrainState
 
 
@@ -71,14 +86,18 @@ class Checkpointer:
             metrics={k: float(v) for k, v in metrics.items()} if metrics else None,
         )
 
-    def restore(self, state: TrainState, data_iterator: grain.DatasetIterator) -> TrainState:
-        """The latest checkpoint into ``state``'s structure and ``data_iterator`` (in place)."""
+    def restore(self, state: TrainState, data_iterator: grain.DatasetIterator, mesh: Mesh) -> TrainState:
+        """The latest checkpoint into ``state``'s structure, replicated on ``mesh``, and ``data_iterator``
+        (in place).
+
+        The arrays go onto ``mesh``'s devices whatever devices saved them: any count, another
+        platform, another number of processes. The iterator's position does not depend on devices.
+        """
         step = self.manager.latest_step()
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_tree(state))
         restored = self.manager.restore(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract),
+                state=ocp.args.StandardRestore(sharding.replicated_targets(_state_tree(state), mesh)),
                 data=grain.checkpoint.CheckpointRestore(data_iterator),
             ),
         )["state"]
@@ -92,14 +111,115 @@ class Checkpointer:
 
 
 def restore_variables(directory: str | Path, step: int | None = None) -> tuple[dict[str, Any], int]:
-    """``({"params", "batch_stats"}, step)`` of a run's checkpoint (default: the best, else the latest)."""
+    """``({"params", "batch_stats"}, step)`` of a run's checkpoint (default: the best, else the latest),
+    as host numpy arrays whatever devices saved them; the optimiser state is not read."""
     directory = Path(directory).absolute()
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: no checkpoint directory")
-    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+    # The plain pytree handler reads a subtree (partial_restore) with per-leaf restore arguments.
+    handlers = {"state": ocp.PyTreeCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()}
+    with ocp.CheckpointManager(directory, options=options, item_handlers=handlers) as manager:
         if step is None:
             step = manager.best_step() if manager.best_step() is not None else manager.latest_step()
         if step is None:
             raise FileNotFoundError(f"{directory}: no checkpoint in it")
-        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    return {"params": state["params"], "batch_stats": state["batch_stats"]}, step
+        steps = manager.all_steps()
+        if step not in steps:
+            raise FileNotFoundError(f"{directory}: no checkpoint of step {step} (it has {list(steps)})")
+        saved = manager.item_metadata(step)["state"].tree
+        item = {"params": saved["params"], "batch_stats": saved["batch_stats"]}
+        args = ocp.args.PyTreeRestore(
+            item=item, restore_args=sharding.host_restore_args(item), partial_restore=True
+        )
+        variables = manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+    return variables, step
+
+
+MODEL_FORMAT = "rockir_jax.model"
+MODEL_VERSION = 1
+MODEL_FILE = "model.json"
+CONFIG_FILE = "config.json"
+VARIABLES_DIR = "variables"
+
+
+def variables_fingerprint(variables: Any) -> str:
+    """SHA-256 of the variables' names, dtypes, shapes and values: equal for equal weights, wherever
+    they were saved or loaded."""
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+        leaf = np.ascontiguousarray(leaf)
+        digest.update(f"{jax.tree_util.keystr(path)} {leaf.dtype.str} {leaf.shape}\n".encode())
+        digest.update(leaf.tobytes())
+    return digest.hexdigest()
+
+
+def export_model(workdir: str | Path, out: str | Path, step: int | None = None) -> Path:
+    """Writes a run's trained model as one self-contained directory ``out`` and returns it.
+
+    ``out`` holds ``variables/`` (params and BatchNorm statistics, orbax, host arrays),
+    ``config.json`` (the run's config, to rebuild the model) and ``model.json`` (format, model,
+    backbone, image size, step and the variables' SHA-256). The checkpoint is the run's best, else its
+    latest, or ``step``; the optimiser state is left out. ``out`` must not exist or be empty.
+    """
+    workdir, out = Path(workdir), Path(out).absolute()
+    config_path = workdir / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path}: no such file (is {workdir} a training run?)")
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: already exists and is not empty")
+    config = load_config(config_path)
+    variables, step = restore_variables(workdir / "checkpoints", step)
+    manifest = {
+        "format": MODEL_FORMAT,
+        "version": MODEL_VERSION,
+        "model": config.model,
+        "backbone": config.backbone,
+        "image_size": config.image_size,
+        "step": int(step),
+        "variables_sha256": variables_fingerprint(variables),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside ``out`` and renamed into place: an interrupted export leaves no half model.
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        resnet_params.save_variables(variables, staging / VARIABLES_DIR)
+        shutil.copyfile(config_path, staging / CONFIG_FILE)
+        (staging / MODEL_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def read_model_dir(model_dir: str | Path) -> tuple[dict[str, Any], ml_collections.ConfigDict, dict[str, Any]]:
+    """``(variables, config, manifest)`` of a directory written by :func:`export_model`, variables as
+    host numpy arrays, checked against the manifest's format, version and SHA-256."""
+    model_dir = Path(model_dir)
+    manifest_path = model_dir / MODEL_FILE
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path}: no such file (export a model with rockir-export)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{manifest_path}: not valid JSON: {err}") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{manifest_path}: not a {MODEL_FORMAT} file")
+    if manifest.get("version") != MODEL_VERSION:
+        raise ValueError(f"{manifest_path}: version {manifest.get('version')}, expected {MODEL_VERSION}")
+    config = load_config(model_dir / CONFIG_FILE)
+    for key in ("model", "backbone", "image_size"):
+        if manifest.get(key) != config.get(key):
+            raise ValueError(
+                f"{manifest_path}: {key} is {manifest.get(key)!r} but {model_dir / CONFIG_FILE} says "
+                f"{config.get(key)!r}"
+            )
+    variables = resnet_params.load_variables(model_dir / VARIABLES_DIR)
+    if variables_fingerprint(variables) != manifest.get("variables_sha256"):
+        raise ValueError(f"{model_dir / VARIABLES_DIR}: the weights do not match {manifest_path}'s SHA-256")
+    return variables, config, manifest

@@ -50,11 +50,16 @@ class Layout:
         return f"{devices} devices, data parallel"
 
     def place(self, state: TrainState) -> TrainState:
-        """A state in the model's layout → the training layout, on the mesh."""
+        """A state in the model's layout (host arrays, or replicated on :attr:`data_mesh`) → the training
+        layout, on the mesh.
+
+        A jitted computation with output shardings moves the arrays, not ``jax.device_put``: each
+        process then only writes its own devices, as a multi-process run needs.
+        """
         if not self.branch_parallel:
-            return sharding.replicate(state, self.mesh)
-        stacked = stack_backbones(state)
-        return jax.device_put(stacked, state_shardings(stacked, self.mesh))
+            return jax.jit(lambda state: state, out_shardings=NamedSharding(self.mesh, P()))(state)
+        target = jax.eval_shape(stack_backbones, state)
+        return jax.jit(stack_backbones, out_shardings=state_shardings(target, self.mesh))(state)
 
     def canonical(self, state: TrainState) -> TrainState:
         """A training-layout state → the model's layout, replicated on :attr:`data_mesh`."""
