@@ -231,7 +231,11 @@ def main(argv: list[str]) -> None:
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except data.DataValidationError as err:
-        print(f"error: the data set is not usable, nothing was trained:\n{err}", file=sys.stderr)
+        # Every process validates the same files and fails alike; process 0 reports for all.
+        if jax.process_index() == 0:
+            print(f"error: the data set is not usable, nothing was trained:\n{err}", file=sys.stderr)
+        else:
+            print("error: the data set is not usable (process 0 reports why)", file=sys.stderr)
         sys.exit(2)
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -20,7 +20,9 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def run(body: Callable[[], None], *, uses_jax: bool = True) -> None:
-    """Runs a command's ``body``: the JAX process set-up first, then the library call.
+    """Runs a command's ``body``: the JAX process set-up first (joining the other processes when
+    launched as several, see :func:`rockir_jax.runtime.maybe_initialize_distributed`), then the
+    library call.
 
     A library error about the user's input (a missing file, a bad value, an unusable data set: all
     :class:`FileNotFoundError` or :class:`ValueError`) becomes one ``error: …`` message on stderr and
@@ -28,6 +30,7 @@ def run(body: Callable[[], None], *, uses_jax: bool = True) -> None:
     """
     if uses_jax:
         runtime.set_up_command_line_run()
+        runtime.maybe_initialize_distributed()
     try:
         body()
     except (FileNotFoundError, FileExistsError, ValueError) as err:

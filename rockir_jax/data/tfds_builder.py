@@ -21,8 +21,10 @@ builder defined in ``__main__`` fails there as "already registered").
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -153,25 +155,47 @@ def _tables_json(index: DatasetIndex, image_size: int, key: str) -> dict[str, An
     }
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Holds an exclusive ``flock`` on ``lock_path``: one process at a time, across hosts on NFS.
+
+    The kernel releases the lock when its holder dies, however it dies, so a crashed builder never
+    leaves the others waiting; the next one in takes over the build.
+    """
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logging.warning("waiting for another process to build %s", lock_path.with_suffix(""))
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def prepare(index: DatasetIndex, image_size: int, cache_dir: str | Path) -> Path:
     """Builds the ArrayRecord dataset once and returns its directory (for :func:`load_split`).
 
-    Reuses the directory when the fingerprint matches; shows a progress bar while building.
+    Reuses the directory when the fingerprint matches; shows a progress bar while building. Safe to
+    call from many processes at once, on one host or on hosts sharing ``cache_dir``: one builds while
+    the others wait on a lock beside the dataset, then find it complete.
     """
     key = fingerprint(index, image_size)
-    builder = RockirImages(
-        index=index, image_size=image_size, data_dir=Path(cache_dir) / f"{image_size}px-{key[:16]}"
-    )
-    with _only_our_progress_bar():
-        builder.download_and_prepare()  # no-op when the versioned directory is complete
-    path = Path(builder.data_dir)
-    tables = path / TABLES_FILE
-    if not tables.exists():
-        # Written after TFDS's atomic rename, and atomically itself, so a crash never leaves a
-        # half-written table that a later run would trust.
-        tmp = tables.with_suffix(".tmp")
-        tmp.write_text(json.dumps(_tables_json(index, image_size, key)))
-        tmp.replace(tables)
+    data_dir = Path(cache_dir) / f"{image_size}px-{key[:16]}"
+    with _exclusive(data_dir.with_name(data_dir.name + ".lock")):
+        builder = RockirImages(index=index, image_size=image_size, data_dir=data_dir)
+        with _only_our_progress_bar():
+            builder.download_and_prepare()  # no-op when the versioned directory is complete
+        path = Path(builder.data_dir)
+        tables = path / TABLES_FILE
+        if not tables.exists():
+            # Written after TFDS's atomic rename, and atomically itself, so a crash never leaves a
+            # half-written table that a later run would trust.
+            tmp = tables.with_suffix(".tmp")
+            tmp.write_text(json.dumps(_tables_json(index, image_size, key)))
+            tmp.replace(tables)
     return path
 
 
