@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import io
+import itertools
 import logging
 import os
 import sys
@@ -108,6 +109,25 @@ def maybe_initialize_distributed() -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**where, heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_SECONDS)
     label_process_output(jax.process_index())
+
+
+_BARRIER_TIMEOUT_SECONDS = 3600
+_barriers = itertools.count()
+
+
+def wait_for_all_processes(name: str) -> None:
+    """Blocks until every process of a multi-process job gets here; nothing in a single process.
+
+    The wait goes through the coordination service, not a collective: gloo, the CPU collectives,
+    gives a process 30 s to join a collective a peer has started, so a phase whose length differs
+    between processes (building the data cache, compiling) has to end at such a barrier.
+    """
+    if jax.process_count() == 1:
+        return
+    # Imported here: orbax is heavy, and only multi-process runs get here.
+    from orbax.checkpoint import multihost
+
+    multihost.sync_global_processes(f"rockir_jax/{name}/{next(_barriers)}", timeout=_BARRIER_TIMEOUT_SECONDS)
 
 
 class _LabelledLines(io.TextIOBase):

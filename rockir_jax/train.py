@@ -137,6 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         seed=config.seed,
         num_workers=config.data.num_workers,
     )
+    runtime.wait_for_all_processes("data and initial state ready")
     checkpointer = Checkpointer(
         workdir / "checkpoints",
         keep=config.keep_checkpoints,

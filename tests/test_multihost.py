@@ -49,7 +49,8 @@ def one_process(environment: dict[str, str]) -> dict[str, str]:
 
 
 def train_command(root: Path, cache: Path, workdir: Path, steps: int) -> list[str]:
-    """A DSNN (branch parallel over the 4 devices) at 32², checkpoints every 2 steps, no validation."""
+    """A DSNN (branch parallel over the 4 devices) at 32², checkpoints every 2 steps, validation at the
+    first and the last step."""
     return [
         sys.executable,
         "-m",
@@ -67,6 +68,8 @@ def train_command(root: Path, cache: Path, workdir: Path, steps: int) -> list[st
         "--config.checkpoint_every_steps=2",
         "--config.keep_checkpoints=3",
         "--config.log_every_steps=1",
+        "--config.eval_batch_size=16",
+        "--config.eval_pair_batches=1",
     ]
 
 
@@ -92,6 +95,11 @@ def checkpoint(workdir: Path, step: int) -> dict:
         checkpointer.close()
 
 
+def validation(workdir: Path) -> list[dict]:
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [record for record in map(json.loads, lines) if record["split"] == "val"]
+
+
 def assert_bitwise_equal(actual: dict, expected: dict) -> None:
     flat_actual = dict(_flatten(actual))
     flat_expected = dict(_flatten(expected))
@@ -110,7 +118,7 @@ def _flatten(tree, prefix=""):
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    return make_toy_dataset(tmp_path_factory.mktemp("toy"), with_val=False)
+    return make_toy_dataset(tmp_path_factory.mktemp("toy"))
 
 
 @pytest.fixture(scope="module")
@@ -126,17 +134,20 @@ def test_two_processes_train_like_one_resume_and_stop_when_a_peer_dies(toy, envi
     workdir, cache = tmp_path / "run", tmp_path / "cache"
     logs = [tmp_path / f"log{rank}.txt" for rank in range(2)]
 
-    # From an empty cache: both processes want to build it, one does, the other waits.
+    # From an empty cache: both processes want to build it; one does, the other waits or finds it built.
     command = train_command(toy, cache, workdir, 4)
     ranks = [start(command, env, log) for env, log in zip(two_processes(environment), logs, strict=True)]
     outputs = [finish(process, log) for process, log in zip(ranks, logs, strict=True)]
     assert len(list(cache.glob("*/rockir_images/1.0.0"))) == 1
-    assert "[process 1]" in outputs[1] and "waiting for another process to build" in outputs[1]
+    built = [output.count("Dataset rockir_images downloaded and prepared") for output in outputs]
+    assert sorted(built) == [0, 1], built
     assert "train:" not in outputs[1]  # no progress bar but process 0's
 
     reference_dir, reference_run, reference_log = reference
     finish(reference_run, reference_log)
     assert_bitwise_equal(checkpoint(workdir, 4), checkpoint(reference_dir, 4))
+    # Validation embeds and searches over both processes' devices, as one process does over its own.
+    assert validation(workdir)[0] == validation(reference_dir)[0]
 
     # Relaunched for longer, the run resumes from step 4; process 1 is killed once it has saved step 6.
     command = train_command(toy, cache, workdir, 1000)
@@ -150,7 +161,7 @@ def test_two_processes_train_like_one_resume_and_stop_when_a_peer_dies(toy, envi
     assert time.monotonic() - killed < 120
     assert ranks[0].returncode != 0
     output = logs[0].read_text()
-    assert "task:1" in output or "process 1" in output, output[-3000:]
+    assert "The following tasks are unhealthy (stopped sending heartbeats):\n1" in output, output[-3000:]
     assert_bitwise_equal(checkpoint(workdir, 6), checkpoint(reference_dir, 6))
 
 

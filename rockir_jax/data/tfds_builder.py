@@ -169,10 +169,7 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
         except BlockingIOError:
             logging.warning("waiting for another process to build %s", lock_path.with_suffix(""))
             fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        yield  # closing the file releases the lock
 
 
 def prepare(index: DatasetIndex, image_size: int, cache_dir: str | Path) -> Path:
@@ -184,12 +181,14 @@ def prepare(index: DatasetIndex, image_size: int, cache_dir: str | Path) -> Path
     """
     key = fingerprint(index, image_size)
     data_dir = Path(cache_dir) / f"{image_size}px-{key[:16]}"
+    builder = RockirImages(index=index, image_size=image_size, data_dir=data_dir)
+    path = Path(builder.data_dir)
+    tables = path / TABLES_FILE
+    if tables.exists():  # written last: the dataset is complete
+        return path
     with _exclusive(data_dir.with_name(data_dir.name + ".lock")):
-        builder = RockirImages(index=index, image_size=image_size, data_dir=data_dir)
         with _only_our_progress_bar():
-            builder.download_and_prepare()  # no-op when the versioned directory is complete
-        path = Path(builder.data_dir)
-        tables = path / TABLES_FILE
+            builder.download_and_prepare()  # no-op when another process built it meanwhile
         if not tables.exists():
             # Written after TFDS's atomic rename, and atomically itself, so a crash never leaves a
             # half-written table that a later run would trust.

@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
+from rockir_jax import runtime
 from rockir_jax.data.metadata import TargetSpec, targets_to_physical
 from rockir_jax.data.pipeline import eval_iterator
 from rockir_jax.data.sources import SplitSource
@@ -56,6 +57,7 @@ def embed_source(
     by several processes, each embeds its share of every batch and all return the whole result.
     """
     parts: list[dict[str, np.ndarray]] = []
+    runtime.wait_for_all_processes("embed")
     batches = eval_iterator(source, global_batch_size=batch_size)
     total = -(-len(source) // batch_size)
     hidden = progress is None or jax.process_index() > 0
