@@ -51,6 +51,8 @@ class Layout:
 
     def place(self, state: TrainState) -> TrainState:
         """A state in the model's layout → the training layout, on the mesh."""
+        # Host copies: every process places its own devices' part, no transfer crosses hosts.
+        state = jax.tree.map(np.asarray, state)
         if not self.branch_parallel:
             return sharding.replicate(state, self.mesh)
         stacked = stack_backbones(state)
