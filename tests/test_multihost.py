@@ -25,16 +25,18 @@ from rockir_jax.launch import process_environments
 from rockir_jax.training.checkpoint import Checkpointer
 
 REPO = Path(__file__).parents[1]
-TIMEOUT = 900  # a hung run fails the test instead of the suite
+TIMEOUT = 1800  # a hung run fails the test instead of the suite (a loaded 2-core host compiles slowly)
 
 
 @pytest.fixture(scope="module")
 def environment(tmp_path_factory) -> dict[str, str]:
-    """The children's environment: no forced device count, CPU, a compilation cache they share."""
+    """The children's environment: no forced device count, CPU, a compilation cache they share (the
+    session's, from conftest.py)."""
     env = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
     return env | {
         "JAX_PLATFORMS": "cpu",
-        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("xla")),
+        "JAX_COMPILATION_CACHE_DIR": os.environ.get("JAX_COMPILATION_CACHE_DIR")
+        or str(tmp_path_factory.mktemp("xla")),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "PYTHONPATH": os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
     }
