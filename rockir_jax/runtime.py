@@ -14,6 +14,7 @@ from typing import TextIO
 
 import jax
 from absl import logging as absl_logging
+from jax._src import distributed as jax_distributed
 
 COMPILATION_CACHE = Path("~/.cache/rockir_jax/xla")
 
@@ -124,10 +125,10 @@ def wait_for_all_processes(name: str) -> None:
     """
     if jax.process_count() == 1:
         return
-    # Imported here: orbax is heavy, and only multi-process runs get here.
-    from orbax.checkpoint import multihost
-
-    multihost.sync_global_processes(f"rockir_jax/{name}/{next(_barriers)}", timeout=_BARRIER_TIMEOUT_SECONDS)
+    # JAX's own barriers (multihost_utils.sync_global_devices) are collectives; the coordination
+    # service's client, which jax.distributed.initialize made, waits without one.
+    client = jax_distributed.global_state.client
+    client.wait_at_barrier(f"rockir_jax/{name}/{next(_barriers)}", _BARRIER_TIMEOUT_SECONDS * 1000)
 
 
 class _LabelledLines(io.TextIOBase):
