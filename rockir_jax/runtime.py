@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import io
+import itertools
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import TextIO
 
 import jax
+from absl import logging as absl_logging
+from jax._src import distributed as jax_distributed
 from tqdm import tqdm
 
 COMPILATION_CACHE = Path("~/.cache/rockir_jax/xla")
@@ -156,17 +161,104 @@ def set_up_command_line_run() -> None:
     enable_compilation_cache()
 
 
+HEARTBEAT_TIMEOUT_SECONDS = 30
+"""How long a process may go silent before the coordination service declares it dead."""
+
+
 def maybe_initialize_distributed() -> None:
     """``jax.distributed.initialize()`` when launched as several processes (SLURM or torchrun-style).
 
     SLURM and explicit ``JAX_COORDINATOR_ADDRESS`` set-ups are detected by JAX itself; torchrun-style
-    launchers set ``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE`` and ``RANK``.
+    launchers set ``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE`` and ``RANK``. CPU processes run
+    their collectives through gloo. A process that dies is noticed by the coordination service
+    within :data:`HEARTBEAT_TIMEOUT_SECONDS`, which then stops the others with an error naming it.
+    Afterwards the output of every process but process 0 is labelled (:func:`label_process_output`).
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        jax.distributed.initialize(
-            coordinator_address=f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}",
-            num_processes=int(os.environ["WORLD_SIZE"]),
-            process_id=int(os.environ["RANK"]),
-        )
+        where = {
+            "coordinator_address": f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}",
+            "num_processes": int(os.environ["WORLD_SIZE"]),
+            "process_id": int(os.environ["RANK"]),
+        }
     elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "JAX_COORDINATOR_ADDRESS" in os.environ:
-        jax.distributed.initialize()
+        where = {}
+    else:
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**where, heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_SECONDS)
+    label_process_output(jax.process_index())
+
+
+_BARRIER_TIMEOUT_SECONDS = 3600
+_barriers = itertools.count()
+
+
+def wait_for_all_processes(name: str) -> None:
+    """Blocks until every process of a multi-process job gets here; nothing in a single process.
+
+    The wait goes through the coordination service, not a collective: gloo, the CPU collectives,
+    gives a process 30 s to join a collective a peer has started, so a phase whose length differs
+    between processes (building the data cache, compiling) has to end at such a barrier.
+    """
+    if jax.process_count() == 1:
+        return
+    # JAX's own barriers (multihost_utils.sync_global_devices) are collectives; the coordination
+    # service's client, which jax.distributed.initialize made, waits without one.
+    client = jax_distributed.global_state.client
+    client.wait_at_barrier(f"rockir_jax/{name}/{next(_barriers)}", _BARRIER_TIMEOUT_SECONDS * 1000)
+
+
+class _LabelledLines(io.TextIOBase):
+    """A text stream that starts every line written to ``stream`` with ``label``."""
+
+    def __init__(self, stream: TextIO, label: str):
+        self._stream, self._label, self._at_line_start = stream, label, True
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        lines = text.split("\n")
+        out = []
+        for i, line in enumerate(lines):
+            self._at_line_start |= i > 0
+            if line:
+                line = self._label + line if self._at_line_start else line
+                self._at_line_start = False
+            out.append(line)
+        self._stream.write("\n".join(out))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+
+def label_process_output(process_index: int) -> None:
+    """Quiets every process but process 0: warnings and errors only, each line ``[process N] …``.
+
+    Python's ``sys.stdout`` and ``sys.stderr`` (and the log handlers writing to them) prefix their
+    lines and log records below WARNING are dropped. Progress bars are process 0's alone (the
+    callers that draw them check :func:`jax.process_index`).
+    """
+    if process_index == 0:
+        return
+    label = f"[process {process_index}] "
+    streams = {}
+    for name in ("stdout", "stderr"):
+        original = getattr(sys, name)
+        streams[id(original)] = labelled = _LabelledLines(original, label)
+        setattr(sys, name, labelled)
+    handlers = list(logging.getLogger().handlers)
+    absl_handler = absl_logging.get_absl_handler().python_handler
+    for handler in [*handlers, absl_handler]:
+        if isinstance(handler, logging.StreamHandler) and id(handler.stream) in streams:
+            handler.setStream(streams[id(handler.stream)])
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger().setLevel(logging.WARNING)
+    logger.setLevel(logging.WARNING)

@@ -144,6 +144,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         seed=config.seed,
         num_workers=config.data.num_workers,
     )
+    runtime.wait_for_all_processes("data and initial state ready")
     checkpointer = Checkpointer(
         workdir / "checkpoints",
         keep=config.keep_checkpoints,
@@ -248,7 +249,11 @@ def main(argv: list[str]) -> None:
     try:
         train_and_evaluate(expand_paths(_CONFIG.value), workdir)
     except data.DataValidationError as err:
-        print(f"error: the data set is not usable, nothing was trained:\n{err}", file=sys.stderr)
+        # Every process validates the same files and fails alike; process 0 reports for all.
+        if jax.process_index() == 0:
+            print(f"error: the data set is not usable, nothing was trained:\n{err}", file=sys.stderr)
+        else:
+            print("error: the data set is not usable (process 0 reports why)", file=sys.stderr)
         sys.exit(2)
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)

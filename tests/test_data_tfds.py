@@ -1,6 +1,10 @@
 """Tests for rockir_jax.data.tfds_builder: the ArrayRecord cache's contents and rebuilds."""
 
 import os
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +12,7 @@ import pandas as pd
 from PIL import Image
 
 from rockir_jax.data.metadata import index_dataset, read_image
-from rockir_jax.data.tfds_builder import load_split, prepare, read_tables
+from rockir_jax.data.tfds_builder import _exclusive, fingerprint, load_split, prepare, read_tables
 
 LAYOUT = {"train": {"AAA001": 3, "BBB001": 2}, "db_test": {"CCC001": 2}}
 
@@ -111,3 +115,40 @@ def test_cache_is_the_same_for_any_worker_count(tmp_path):
         np.testing.assert_array_equal(
             source.records[i]["image"], read_image(index.splits["train"].paths[i], 24)
         )
+
+
+def _lock_of(index, cache: Path) -> Path:
+    return cache / f"32px-{fingerprint(index, 32)[:16]}.lock"
+
+
+def test_a_build_waits_for_the_lock_holder(tmp_path):
+    csv = make_dataset(tmp_path / "data")
+    index = index_dataset(tmp_path / "data", csv)
+    cache = tmp_path / "cache"
+    built: list[Path] = []
+    with _exclusive(_lock_of(index, cache)):  # another process building
+        waiter = threading.Thread(target=lambda: built.append(prepare(index, 32, cache)))
+        waiter.start()
+        waiter.join(timeout=3)
+        assert waiter.is_alive() and not built and not list(cache.glob("*/rockir_images"))
+    waiter.join()
+    assert len(built) == 1 and (built[0] / "rockir_tables.json").is_file()
+
+
+def test_a_killed_builder_leaves_no_lock_behind(tmp_path):
+    csv = make_dataset(tmp_path / "data")
+    index = index_dataset(tmp_path / "data", csv)
+    lock = _lock_of(index, tmp_path / "cache")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    path = prepare(index, 32, tmp_path / "cache")  # would wait forever on a stale lock
+    assert len(load_split(path, "train")) == 5
+
+
+HOLD_LOCK = """
+import fcntl, sys, time, pathlib
+lock = pathlib.Path(sys.argv[1]); lock.parent.mkdir(parents=True, exist_ok=True)
+f = lock.open("a"); fcntl.flock(f, fcntl.LOCK_EX); print("locked", flush=True); time.sleep(600)
+"""

@@ -148,20 +148,22 @@ def test_missing_key_is_reported(ported):
         resnet_params.torchvision_to_flax(state, arch=arch)
 
 
-def test_port_script_writes_restorable_checkpoint(tmp_path):
+def test_port_script_writes_restorable_checkpoint(tmp_path, capsys):
     from scripts.port_torchvision_weights import main
 
     model = _torchvision_model("resnet18", seed=5)
     path = tmp_path / "resnet18.pth"
     torch.save(model.state_dict(), path)
-    assert main(["--arch", "resnet18", "--pth", str(path), "--out", str(tmp_path / "ported")]) == 0
+    main(["--arch", "resnet18", "--pth", str(path), "--out", str(tmp_path / "ported")])
     restored = resnet_params.load_variables(tmp_path / "ported")
     np.testing.assert_array_equal(
         restored["params"]["conv1"]["kernel"],
         model.conv1.weight.detach().numpy().transpose(2, 3, 1, 0),
     )
-    assert main(["--arch", "resnet34", "--pth", str(path), "--out", str(tmp_path / "bad")]) == 1
+    with pytest.raises(SystemExit) as exited:
+        main(["--arch", "resnet34", "--pth", str(path), "--out", str(tmp_path / "bad")])
+    assert exited.value.code == 2 and "missing key" in capsys.readouterr().err
 
 
-def test_resnet34_partial_is_public():
+def test_resnet_factory_builds_the_stage_sizes():
     assert resnet("resnet34")().stage_sizes == (3, 4, 6, 3)

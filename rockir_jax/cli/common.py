@@ -37,7 +37,9 @@ def run(
     log_dir: Path | None = None,
     uses_jax: bool = True,
 ) -> None:
-    """Runs a command's ``body``: logging and the JAX process set-up first, then the library call.
+    """Runs a command's ``body``: logging and the JAX process set-up first (joining the other processes
+    when launched as several, :func:`rockir_jax.runtime.maybe_initialize_distributed`), then the library
+    call.
 
     The console shows the command's own lines; other libraries' log lines go to ``<log_dir>/log.txt``
     (commands with an output directory pass it), and to the console with ``verbose`` (the parser's
@@ -48,6 +50,7 @@ def run(
     runtime.configure_logging(log_dir, verbose)
     if uses_jax:
         runtime.set_up_command_line_run()
+        runtime.maybe_initialize_distributed()
     try:
         body()
     except (FileNotFoundError, FileExistsError, ValueError) as err:

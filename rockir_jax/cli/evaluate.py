@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
+
 from rockir_jax.cli import common
 from rockir_jax.data.database import DEFAULT_SPLIT
 from rockir_jax.retrieval.evaluation import evaluate
@@ -50,11 +52,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "rockir-evaluate") -> No
             batch_size=args.batch_size,
             perm_unit=args.perm_unit,
         )
-        print((args.out / "metrics.md").read_text())
-        print(
-            f"wrote {args.out}/metrics.json, metrics.md, index/ and {args.figures} figure(s) "
-            f"for {report['n_images']} images"
-        )
+        if jax.process_index() == 0:  # the one process that wrote them
+            print((args.out / "metrics.md").read_text())
+            print(
+                f"wrote {args.out}/metrics.json, metrics.md, index/ and {args.figures} figure(s) "
+                f"for {report['n_images']} images"
+            )
 
     common.run(body, verbose=args.verbose, log_dir=args.out)
 

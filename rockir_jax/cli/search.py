@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
+
 from rockir_jax.cli import common
 from rockir_jax.data.database import DEFAULT_SPLIT
 from rockir_jax.retrieval import search
@@ -38,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         model = common.model_from_arguments(args)
         index = search.open_database(model, args.db, args.metadata, args.split, args.batch_size)
         result = search.search(model, index, args.query, args.k, args.metadata, args.pixel_size)
+        if jax.process_index() != 0:  # launched as several processes: all found the same, one reports
+            return
         print(search.report(result, index, model, args.perm_unit))
         if args.figure is not None:
             print(f"figure: {search.write_query_figure(args.figure, result, index, model, args.perm_unit)}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -212,45 +213,70 @@ def _tables_json(index: DatasetIndex, image_size: int, key: str) -> dict[str, An
     }
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Holds an exclusive ``flock`` on ``lock_path``: one process at a time, across hosts on NFS.
+
+    The kernel releases the lock when its holder dies, however it dies, so a crashed builder never
+    leaves the others waiting; the next one in takes over the build.
+    """
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("waiting for another process to build %s", lock_path.with_suffix(""))
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
+
+
 def prepare(index: DatasetIndex, image_size: int, cache_dir: str | Path, workers: int = 1) -> Path:
     """Builds the ArrayRecord dataset once and returns its directory (for :func:`load_split`).
 
     Reuses the directory when the fingerprint matches. A build decodes and resizes in ``workers``
     processes (fewer for a small data set: each gets at least one chunk of images) and shows a
-    progress bar with the images per second; the files do not depend on ``workers``.
+    progress bar with the images per second; the files do not depend on ``workers``. Safe to call
+    from many processes at once, on one host or on hosts sharing ``cache_dir``: one builds while the
+    others wait on a lock beside the dataset, then find it complete.
     """
     key = fingerprint(index, image_size)
-    builder = RockirImages(
-        index=index, image_size=image_size, data_dir=Path(cache_dir) / f"{image_size}px-{key[:16]}"
-    )
+    data_dir = Path(cache_dir) / f"{image_size}px-{key[:16]}"
+    builder = RockirImages(index=index, image_size=image_size, data_dir=data_dir)
     path = Path(builder.data_dir)
-    if not builder.is_prepared():
-        total = sum(len(table) for table in index.splits.values())
-        workers = max(1, min(workers, math.ceil(total / _CHUNK)))
-        log.info(
-            "building the image cache (%d images at %d², %d worker%s): %s",
-            total,
-            image_size,
-            workers,
-            "s" if workers > 1 else "",
-            path,
-        )
-        start = time.perf_counter()
-        with (
-            _only_our_progress_bar(),
-            _decoder(image_size, workers) as decode,
-            tqdm(total=total, desc="image cache", unit="img") as progress,
-        ):
-            builder.build(decode, progress)
-        log.info("image cache built: %.0f images/s", total / (time.perf_counter() - start))
     tables = path / TABLES_FILE
-    if not tables.exists():
-        # Written after TFDS's atomic rename, and atomically itself, so a crash never leaves a
-        # half-written table that a later run would trust.
-        tmp = tables.with_suffix(".tmp")
-        tmp.write_text(json.dumps(_tables_json(index, image_size, key)))
-        tmp.replace(tables)
+    if tables.exists():  # written last: the dataset is complete
+        return path
+    with _exclusive(data_dir.with_name(data_dir.name + ".lock")):
+        if not builder.is_prepared():  # another process may have built it meanwhile
+            _build(builder, index, image_size, workers)
+        if not tables.exists():
+            # Written after TFDS's atomic rename, and atomically itself, so a crash never leaves a
+            # half-written table that a later run would trust.
+            tmp = tables.with_suffix(".tmp")
+            tmp.write_text(json.dumps(_tables_json(index, image_size, key)))
+            tmp.replace(tables)
     return path
+
+
+def _build(builder: RockirImages, index: DatasetIndex, image_size: int, workers: int) -> None:
+    total = sum(len(table) for table in index.splits.values())
+    workers = max(1, min(workers, math.ceil(total / _CHUNK)))
+    log.info(
+        "building the image cache (%d images at %d², %d worker%s): %s",
+        total,
+        image_size,
+        workers,
+        "s" if workers > 1 else "",
+        builder.data_dir,
+    )
+    start = time.perf_counter()
+    with (
+        _only_our_progress_bar(),
+        _decoder(image_size, workers) as decode,
+        tqdm(total=total, desc="image cache", unit="img") as progress,
+    ):
+        builder.build(decode, progress)
+    log.info("image cache built: %.0f images/s", total / (time.perf_counter() - start))
 
 
 def read_tables(path: str | Path) -> dict[str, Any]:

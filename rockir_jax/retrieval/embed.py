@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
+from rockir_jax import runtime
 from rockir_jax.data.metadata import TargetSpec, targets_to_physical
 from rockir_jax.data.pipeline import eval_iterator
 from rockir_jax.data.sources import SplitSource
@@ -52,12 +53,15 @@ def embed_source(
     """Runs ``embed_step`` (:func:`make_embed_step`) over every image of ``source``.
 
     Returns ``embedding`` ``(N, D)``, ``reg`` ``(N, T)`` when the model predicts metadata, and the
-    split's ``sample_id``, ``reservoir_id``, ``targets`` and ``index``, in the split's order.
+    split's ``sample_id``, ``reservoir_id``, ``targets`` and ``index``, in the split's order. Run
+    by several processes, each embeds its share of every batch and all return the whole result.
     """
     parts: list[dict[str, np.ndarray]] = []
+    runtime.wait_for_all_processes("embed")
     batches = eval_iterator(source, global_batch_size=batch_size)
     total = -(-len(source) // batch_size)
-    for batch in tqdm(batches, total=total, desc=progress, disable=progress is None, leave=False):
+    hidden = progress is None or jax.process_index() > 0
+    for batch in tqdm(batches, total=total, desc=progress, disable=hidden, leave=False):
         outputs = embed_step(variables, shard_batch({"image": batch.pop("image")}, mesh)["image"])
         local = {key: value for key, value in batch.items()}
         gathered = multihost_utils.process_allgather(local, tiled=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from rockir_jax import sharding
@@ -111,14 +112,20 @@ def evaluate(
     perm_unit: str = "",
 ) -> dict[str, Any]:
     """Embeds the database ``db``, writes ``<out>/index/``, ``metrics.json``, ``metrics.md`` and
-    ``figures`` retrieval figures, and returns the report written to ``metrics.json``."""
+    ``figures`` retrieval figures, and returns the report written to ``metrics.json``.
+
+    Launched as several processes, all embed their share and return the report; process 0 writes.
+    """
     out = Path(out)
     table = list_images(db, metadata_csv, split, model.target_spec)
     index = build_index(model, table, batch_size)
-    out.mkdir(parents=True, exist_ok=True)
-    save_index(out / "index", index)
     report = {"db": str(Path(db).absolute()), "split": split} | summary(index, k)
     report["metrics"] = evaluate_index(index, k)
+    # Every process of a multi-process run holds the same index and metrics; one writes them.
+    if jax.process_index() != 0:
+        return report
+    out.mkdir(parents=True, exist_ok=True)
+    save_index(out / "index", index)
     (out / "metrics.json").write_text(json_text(report))
     (out / "metrics.md").write_text(metrics_markdown(report))
     write_figures(index, figure_rows(index, figures), out, perm_unit)

@@ -67,7 +67,7 @@ _BF16_UNIT_ROUNDOFF = 2.0**-9
 
 def _resolve_mesh(mesh: Mesh | None) -> Mesh:
     if mesh is None:
-        mesh = sharding.make_mesh(jax.local_devices())
+        mesh = sharding.make_mesh()
     if len(mesh.axis_names) != 1:
         raise ValueError(f"mesh must be 1-D, got axes {mesh.axis_names}")
     # The kernel names its axis and places nothing itself; an Auto-typed copy of the caller's mesh
@@ -270,7 +270,13 @@ class _Placed:
     def __init__(self, block: np.ndarray | jax.Array, rows: int, mesh: Mesh, metric: Metric):
         sharding = NamedSharding(mesh, P(AXIS))
         n_rows = block.shape[0]
-        padded = jax.device_put(_pad_rows(block, rows), NamedSharding(mesh, P(AXIS, None)))
+        padded = _pad_rows(block, rows)
+        if isinstance(padded, np.ndarray):
+            # Every process holds the same rows and gives its own devices their shards: no transfer
+            # crosses hosts, so the mesh may span several processes.
+            padded = jax.make_array_from_callback(
+                padded.shape, NamedSharding(mesh, P(AXIS, None)), lambda where: padded[where]
+            )
         prepared = _prepare(padded, jnp.int32(n_rows), metric=metric)
         self.vectors, self.screen_vectors, self.sq_norms, self.max_norm = prepared
         self.sq_norms = jax.device_put(self.sq_norms, sharding)
@@ -290,7 +296,8 @@ class KnnIndex:
         database: (N, D) vectors, numpy or jax; cast to float32.
         metric: ``"l2"`` (squared Euclidean distance) or ``"cosine"`` (``1 - cos``; vectors are
             normalised here, zero vectors stay zero and are at distance 1 from everything).
-        mesh: a 1-D device mesh, any axis name and type (default: this process's devices).
+        mesh: a 1-D device mesh, any axis name and type (default: all devices, of all processes;
+            every process then passes the same database and queries and gets the same results).
         precision: matmul precision of the scoring stage; HIGHEST keeps GPUs off TF32 so the
             candidates are chosen on float32 scores (the final distances are exact regardless).
     """
@@ -435,7 +442,8 @@ def knn(
             ``ValueError``.
         metric: ``"l2"``: squared Euclidean distance; ``"cosine"``: ``1 - cos`` (see
             :class:`KnnIndex`).
-        mesh: 1-D device mesh over which the database is sharded (default: all local devices).
+        mesh: 1-D device mesh over which the database is sharded (default: all devices, see
+            :class:`KnnIndex`).
         block_size: if set and smaller than N, the database is streamed from the host in blocks of
             this many rows (for databases that do not fit on the devices), keeping a running top-k.
             Streamed blocks are not checked for NaN or infinite values.
