@@ -27,7 +27,8 @@ from test_evaluate import SIZE, exits_with_error, shared_run
 from rockir_jax.cli import serve
 from rockir_jax.data.metadata import read_image
 from rockir_jax.models import build_model
-from rockir_jax.retrieval import evaluation, knn, load_index, save_index
+from rockir_jax.retrieval import evaluation, load_index, save_index
+from rockir_jax.retrieval.knn import _search_block
 from rockir_jax.retrieval.loading import load_model
 from rockir_jax.serve import create_app
 from rockir_jax.training.checkpoint import restore_variables
@@ -185,11 +186,11 @@ def test_bad_inputs_get_clear_errors_and_the_server_keeps_serving(served):
 def test_concurrent_queries_batch_without_recompiling(served):
     *_, app, client = served
     searcher = app.state.searcher
-    compiled = (searcher._embed._cache_size(), knn._search_block._cache_size())
+    compiled = (searcher._embed._cache_size(), _search_block._cache_size())
     single = post(client, image_id=7, k=5).json()["hits"]
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(lambda _: post(client, image_id=7, k=5).json()["hits"], range(6)))
-    assert (searcher._embed._cache_size(), knn._search_block._cache_size()) == compiled
+    assert (searcher._embed._cache_size(), _search_block._cache_size()) == compiled
     for hits in answers:
         assert [h["image_id"] for h in hits] == [h["image_id"] for h in single]
         np.testing.assert_allclose([h["distance"] for h in hits], [h["distance"] for h in single], rtol=1e-5)

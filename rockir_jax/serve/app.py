@@ -140,9 +140,11 @@ def _png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _parse_k(text: str | None, limit: int) -> int:
+def _parse_k(text: Any, limit: int) -> int:
     if text is None or text == "":
         return min(10, limit)
+    if not isinstance(text, str):
+        raise BadRequest("k must be a form field, not a file")
     try:
         k = int(text)
     except ValueError:
@@ -152,9 +154,11 @@ def _parse_k(text: str | None, limit: int) -> int:
     return k
 
 
-def _parse_pixel_size(text: str | None) -> float | None:
-    if text is None or text.strip() == "":
+def _parse_pixel_size(text: Any) -> float | None:
+    if text is None or text == "":
         return None
+    if not isinstance(text, str):
+        raise BadRequest("pixel_size must be a form field, not a file")
     try:
         value = float(text)
     except ValueError:
