@@ -260,7 +260,7 @@ def test_page_in_chromium(served, live_server, tmp_path):
         shown = page.locator('dd[data-name="predicted porosity"]').inner_text()
         assert float(shown) == pytest.approx(reg[0], rel=5e-3, abs=1e-3)
         expect(page.locator('dd[data-name="predicted permeability"]')).to_contain_text("mD")
-        page.wait_for_function("[...document.images].every((img) => img.complete && img.naturalWidth > 0)")
+        page.wait_for_load_state("networkidle")  # the thumbnails (the CSP forbids polling scripts)
         page.screenshot(path=tmp_path / "serve_page.png", full_page=True)
 
         second = hits.nth(1)
