@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -35,16 +36,33 @@ def _to_uint8_array(image: Image.Image) -> np.ndarray:
     raise ValueError(f"unsupported image mode {mode!r}")
 
 
-def read_image(path: str | Path, image_size: int) -> np.ndarray:
-    """Reads an image file as uint8 ``(image_size, image_size, 3)``.
+def decode_image(source: str | Path | BinaryIO, max_pixels: int | None = None) -> np.ndarray:
+    """Decodes an image file (a path or a binary file object) to uint8 ``(H, W)`` or ``(H, W, 3)``.
 
-    Accepts 8/16-bit greyscale, RGB, RGBA (alpha dropped) and palette images of any size. Pixels
-    are first brought to 8 bits, then resized with Pillow's bilinear filter, which widens its kernel
-    by the scale factor when shrinking (area-like antialiasing; the same resize the original's
-    torchvision ``Resize`` applied to PIL images). Greyscale is replicated to 3 channels.
+    Accepts 8/16-bit greyscale, RGB, RGBA (alpha dropped) and palette images (see
+    :func:`_to_uint8_array`). With ``max_pixels``, an image whose header declares more pixels is refused
+    before anything is decoded (a small file can declare a huge image: a decompression bomb).
+
+    Raises:
+        ValueError: the image has more than ``max_pixels`` pixels or an unsupported mode.
+        OSError: not an image, or a truncated or corrupt one (Pillow's errors).
     """
-    with Image.open(path) as image:
-        pixels = _to_uint8_array(image)
+    with Image.open(source) as image:
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise ValueError(
+                f"{image.width}×{image.height} = {image.width * image.height:,} pixels, more than the "
+                f"{max_pixels:,} allowed"
+            )
+        return _to_uint8_array(image)
+
+
+def resize_image(pixels: np.ndarray, image_size: int) -> np.ndarray:
+    """Decoded pixels (:func:`decode_image`) as uint8 ``(image_size, image_size, 3)``.
+
+    Pillow's bilinear filter widens its kernel by the scale factor when shrinking (area-like
+    antialiasing; the same resize the original's torchvision ``Resize`` applied to PIL images).
+    Greyscale is replicated to 3 channels.
+    """
     if pixels.shape[:2] != (image_size, image_size):
         mode = "L" if pixels.ndim == 2 else "RGB"
         resized = Image.fromarray(pixels, mode).resize((image_size, image_size), Image.Resampling.BILINEAR)
@@ -52,6 +70,12 @@ def read_image(path: str | Path, image_size: int) -> np.ndarray:
     if pixels.ndim == 2:
         pixels = np.repeat(pixels[..., None], 3, axis=-1)
     return pixels
+
+
+def read_image(source: str | Path | BinaryIO, image_size: int) -> np.ndarray:
+    """Reads an image file (a path or a binary file object) as uint8 ``(image_size, image_size, 3)``:
+    :func:`decode_image` (any size, 8 or 16 bits) then :func:`resize_image`."""
+    return resize_image(decode_image(source), image_size)
 
 
 def check_image(path: Path) -> str | None:

@@ -18,6 +18,8 @@ reported as medians and ratios:
 4. **embed**: images/s of the sharded DSNN embedding step.
 5. **cache build**: images/s of :func:`rockir_jax.data.prepare` (decode, resize, write ArrayRecord)
    with 1, 2, … worker processes, against 1.
+6. **serve** (``--serve``, on its own): p50 and p95 latency of ``POST /api/search`` through the search
+   page's ASGI app, one query slice against an index of random embeddings, sequential and concurrent.
 
 torch and faiss are optional: without them (or with ``torch=False`` / ``faiss=False``) the rows carry no
 reference and say so.
@@ -91,6 +93,12 @@ class BenchConfig:
     torch: bool = True
     faiss: bool = True
     seed: int = 0
+    serve_database: int = 10_000
+    """rows of the search page's index (random embeddings)."""
+    serve_requests: int = 40
+    """timed requests per search page setting."""
+    serve_clients: int = 4
+    """concurrent clients of the second search page setting."""
 
     def mesh(self) -> Mesh:
         """The 1-D ``data`` mesh over the first :attr:`num_devices` devices."""
@@ -127,7 +135,7 @@ class Row:
 
     @property
     def ratio(self) -> float | None:
-        """ours / reference (higher is better for every unit used here)."""
+        """ours / reference (higher is better for every unit with a reference)."""
         if self.reference_value is None or self.reference_value <= 0:
             return None
         return self.ours / self.reference_value
@@ -604,6 +612,57 @@ def cache_rows(config: BenchConfig, image_size: int) -> list[Row]:
         )
         for w, rate in rates.items()
     ]
+
+
+# ------------------------------------------------------------------------------------------- serve
+
+
+def serve_rows(config: BenchConfig) -> list[Row]:
+    """Latency of ``POST /api/search`` through the search page's ASGI app: a bundled slice against an
+    index of :attr:`BenchConfig.serve_database` random embeddings, embedded by a randomly initialised
+    DSNN at the first image size; one client, then :attr:`BenchConfig.serve_clients` at once.
+    Medians (p50) in ms, p95 in the note."""
+    from starlette.testclient import TestClient
+
+    from rockir_jax.retrieval import RetrievalIndex
+    from rockir_jax.retrieval.loading import LoadedModel
+    from rockir_jax.serve import create_app
+
+    size = config.image_sizes[0]
+    model, variables = jax_dsnn(config.dtype, size, config.seed, config.conv_algorithms[0])
+    identity = {"model": "dsnn", "backbone": "resnet18", "image_size": size, "seed": config.seed}
+    loaded = LoadedModel(model, jax.tree.map(np.asarray, variables), size, identity)
+    rng = np.random.default_rng(config.seed)
+    n = config.serve_database
+    embeddings = rng.standard_normal((n, 512)).astype(np.float32)
+    samples = np.array([f"S{i // 12:05d}" for i in range(n)])
+    index = RetrievalIndex(
+        embeddings=embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True),
+        paths=np.array([f"row{i}.png" for i in range(n)]),
+        samples=samples,
+        reservoirs=np.array([s[:3] for s in samples]),
+        model=identity,
+    )
+    query = sorted((Path(config.data_root) / "db_test").glob("*.png"))[0]
+    files = {"image": (query.name, query.read_bytes(), "image/png")}
+    rows = []
+    with TestClient(create_app(loaded, index)) as client:
+
+        def request() -> float:
+            start = time.perf_counter()
+            response = client.post("/api/search", files=files, data={"k": "10"})
+            response.raise_for_status()
+            return time.perf_counter() - start
+
+        request()
+        for clients in (1, config.serve_clients):
+            with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+                seconds = list(pool.map(lambda _: request(), range(config.serve_requests)))
+            p50, p95 = (1000 * float(np.percentile(seconds, q)) for q in (50, 95))
+            setting = f"POST /api/search, {n:,} images, {size}², k=10, {clients} client(s)"
+            note = f"p95 {p95:.0f} ms over {config.serve_requests} requests"
+            rows.append(Row("serve", setting, p50, "ms", note=note))
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------- run

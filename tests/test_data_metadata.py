@@ -12,10 +12,10 @@ from rockir_jax.data.metadata import (
     TargetSpec,
     compute_targets,
     index_dataset,
-    read_image,
     same_metadata,
     targets_to_physical,
 )
+from rockir_jax.images import read_image
 
 RNG = np.random.default_rng(0)
 

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from rockir_jax.data.metadata import index_dataset, read_image
+from rockir_jax.data.metadata import index_dataset
 from rockir_jax.data.tfds_builder import _exclusive, fingerprint, load_split, prepare, read_tables
+from rockir_jax.images import read_image
 
 LAYOUT = {"train": {"AAA001": 3, "BBB001": 2}, "db_test": {"CCC001": 2}}
 

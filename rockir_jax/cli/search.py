@@ -15,7 +15,9 @@ import jax
 
 from rockir_jax.cli import common
 from rockir_jax.data.database import DEFAULT_SPLIT
+from rockir_jax.images import read_image
 from rockir_jax.retrieval import search
+from rockir_jax.retrieval.report import FIGURE_IMAGE_SIZE
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -39,12 +41,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     def body() -> None:
         model = common.model_from_arguments(args)
         index = search.open_database(model, args.db, args.metadata, args.split, args.batch_size)
-        result = search.search(model, index, args.query, args.k, args.metadata, args.pixel_size)
+        searcher = search.Searcher(model, index, max_hits=args.k)
+        result = search.search_file(searcher, args.query, args.k, args.metadata, args.pixel_size)
         if jax.process_index() != 0:  # launched as several processes: all found the same, one reports
             return
         print(search.report(result, index, model, args.perm_unit))
         if args.figure is not None:
-            print(f"figure: {search.write_query_figure(args.figure, result, index, model, args.perm_unit)}")
+            image = read_image(args.query, FIGURE_IMAGE_SIZE)
+            figure = search.write_query_figure(args.figure, result, image, searcher, args.perm_unit)
+            print(f"figure: {figure}")
 
     common.run(body, verbose=args.verbose)
 

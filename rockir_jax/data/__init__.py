@@ -21,7 +21,6 @@ from rockir_jax.data.metadata import (
     TargetSpec,
     compute_targets,
     index_dataset,
-    read_image,
     same_metadata,
     targets_to_physical,
 )
@@ -33,6 +32,7 @@ from rockir_jax.data.pipeline import (
 )
 from rockir_jax.data.sources import SplitSource, from_index
 from rockir_jax.data.tfds_builder import load_split, prepare, read_tables
+from rockir_jax.images import read_image
 
 __all__ = [
     "DataValidationError",

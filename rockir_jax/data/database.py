@@ -19,11 +19,11 @@ from rockir_jax.data.metadata import (
     DataValidationError,
     SplitTable,
     TargetSpec,
-    check_image,
     compute_targets,
     read_metadata,
     reservoir_from_sample,
 )
+from rockir_jax.images import check_image
 
 DEFAULT_SPLIT = "db_test"
 DEFAULT_TARGETS = TargetSpec()

@@ -26,10 +26,9 @@ import numpy as np
 import pandas as pd
 
 from rockir_jax.data.layout import SPLITS, scan_split
+from rockir_jax.images import check_image
 
 # Image reading lives apart so that image-decoding worker processes need not import this package.
-from rockir_jax.images import check_image as check_image
-from rockir_jax.images import read_image as read_image
 
 REQUIRED_COLUMNS = ("Created_label", "Porosity", "Permeability", "Pixelsize")
 SAMPLE_COLUMN = "Created_label"

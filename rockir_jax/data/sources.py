@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from rockir_jax.data.metadata import DatasetIndex, SplitTable, read_image
+from rockir_jax.data.metadata import DatasetIndex, SplitTable
+from rockir_jax.images import read_image
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,6 +19,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -95,7 +96,7 @@ def select_hits(
 
 
 def retrieval_figure(
-    path: str | os.PathLike,
+    path: str | os.PathLike | BinaryIO,
     query: Query,
     ranking: Sequence[int] | np.ndarray,
     index: RetrievalIndex,
@@ -105,11 +106,11 @@ def retrieval_figure(
     perm_unit: str = "",
     tile_inches: float = 2.6,
     dpi: int = 100,
-) -> Path:
+) -> Path | BinaryIO:
     """Write the 3x3 retrieval figure of ``query`` to the PNG ``path``.
 
     Args:
-        path: output PNG.
+        path: output PNG, a path or a binary file object.
         query: the query (see :func:`query_from_index` for a database row).
         ranking: database rows by increasing distance, the query itself excluded.
         index: metadata of the database rows (samples, reservoirs, true and predicted values).
@@ -120,7 +121,7 @@ def retrieval_figure(
             ``3 · tile_inches · dpi`` high.
 
     Returns:
-        The PNG path.
+        The PNG path (or the file object).
     """
     ranking = np.asarray(ranking)
     hits = select_hits(ranking, index.samples, index.reservoirs, query.sample, query.reservoir, per_row)
@@ -145,7 +146,7 @@ def retrieval_figure(
             title = tile_title(index, row, rank=positions[c] + 1, perm_unit=perm_unit)
             _show(ax, _image(images, row), title)
     fig.tight_layout()
-    out = Path(path)
+    out = path if hasattr(path, "write") else Path(path)
     fig.savefig(out, format="png", dpi=dpi)
     return out
 

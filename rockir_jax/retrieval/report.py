@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from rockir_jax.data.metadata import read_image
+from rockir_jax.images import read_image
 from rockir_jax.retrieval.figures import query_from_index, retrieval_figure
 from rockir_jax.retrieval.index import RetrievalIndex
 from rockir_jax.retrieval.knn import knn
