@@ -141,8 +141,9 @@ def test_two_processes_train_like_one_resume_and_stop_when_a_peer_dies(toy, envi
     ranks = [start(command, env, log) for env, log in zip(two_processes(environment), logs, strict=True)]
     outputs = [finish(process, log) for process, log in zip(ranks, logs, strict=True)]
     assert len(list(cache.glob("*/rockir_images/1.0.0"))) == 1
-    built = [output.count("Dataset rockir_images downloaded and prepared") for output in outputs]
-    assert sorted(built) == [0, 1], built
+    # Two builds would have collided in TFDS's final rename (the failure this lock prevents); process 1
+    # logs warnings only, so its build is not announced.
+    assert sum(output.count("building the image cache") for output in outputs) <= 1
     assert "train:" not in outputs[1]  # no progress bar but process 0's
 
     reference_dir, reference_run, reference_log = reference
