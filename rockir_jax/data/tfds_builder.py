@@ -37,8 +37,9 @@ from tqdm.auto import tqdm
 from rockir_jax.data.metadata import DatasetIndex, read_image
 from rockir_jax.data.sources import SplitSource
 
-# Bump when the stored layout or the image decoding changes, so old caches are not reused.
-FORMAT_VERSION = 1
+# Bump when the stored layout, the image decoding or the CSV's interpretation changes, so old caches
+# are not reused.
+FORMAT_VERSION = 2
 TABLES_FILE = "rockir_tables.json"
 
 

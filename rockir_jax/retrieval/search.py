@@ -23,6 +23,7 @@ from rockir_jax.data.metadata import (
     check_image,
     read_image,
     read_metadata,
+    sample_lookup,
     targets_to_physical,
 )
 from rockir_jax.retrieval.evaluation import build_index, embed_table
@@ -100,7 +101,7 @@ def search(
     if problem:
         raise DataValidationError([problem])
     metadata = read_metadata(metadata_csv, model.target_spec) if metadata_csv is not None else None
-    sample = _query_sample(query, () if metadata is None else list(metadata.index))
+    sample = _query_sample(query, () if metadata is None else list(sample_lookup(metadata)))
     table = image_table([(query, sample)], metadata, model.target_spec)
     embedded = embed_table(model, table, progress=None)
     embedding = embedded["embedding"][0]
@@ -108,7 +109,7 @@ def search(
     known_pixel = table.pixel_size[0] if np.isfinite(table.pixel_size[0]) else None
     return QueryResult(
         path=query,
-        sample=sample,
+        sample=str(table.samples[0]),
         reservoir=str(table.reservoirs[0]),
         embedding=embedding,
         distances=distances,
