@@ -4,7 +4,8 @@ The folder layout is :mod:`rockir_jax.data.layout`'s. CSV columns of the origina
 (``microct_0114_random_labels.csv``): ``Image, Label, GI, NI, Size, Depth, Pixelsize, Created_label,
 Porosity, Permeability``, one row per sample. ``Created_label`` names the sample's training folder
 (the original randomised these names: ``AA01``, ``AA02`` …); ``Image`` is the sample's real name, the
-one ``db_test`` files carry (``<Image>_slice<N>.png``). ``Created_label``, ``Porosity``,
+one ``db_test`` files carry (``<Image>_slice<N>.png``; an ``Image`` given as a file name,
+``E002M0.raw``, counts by its stem). ``Created_label``, ``Porosity``,
 ``Permeability`` and ``Pixelsize`` are required; without ``Image`` (or where it is empty) the sample's
 name is its ``Created_label``. An optional ``Reservoir`` column names the reservoir, otherwise it is
 the first 3 characters of ``Image`` (the original's ``<3-char reservoir><3-char sample>`` naming).
@@ -281,6 +282,10 @@ def _read_metadata_csv(
     if SAMPLE_COLUMN not in frame.columns:
         frame[SAMPLE_COLUMN] = frame[FOLDER_COLUMN]
     frame[SAMPLE_COLUMN] = frame[SAMPLE_COLUMN].where(~blank(frame[SAMPLE_COLUMN]), frame[FOLDER_COLUMN])
+    # An Image given as a file name ("E002M0.raw") names the sample by its stem.
+    frame[SAMPLE_COLUMN] = [
+        Path(str(name)).stem if isinstance(name, str) else name for name in frame[SAMPLE_COLUMN]
+    ]
     for column in (FOLDER_COLUMN, SAMPLE_COLUMN):
         names = frame[column]
         for name in names[names.duplicated(keep=False) & names.notna()].unique():
