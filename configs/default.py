@@ -18,8 +18,12 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.global_batch_size = 16
     config.num_train_steps = 150
+    # > 0: train for this many epochs of ceil(train images / global_batch_size) steps instead, as the
+    # original did (one epoch = as many pairs as training images); num_train_steps is then ignored.
+    config.num_epochs = 0
     config.learning_rate = 3e-4
-    # The original used lr × number of GPUs; this multiplies learning_rate by the device count.
+    # The original used lr × number of GPUs; this multiplies learning_rate by the JAX device count
+    # (devices that train; on a CPU host with emulated devices, that count, e.g. one per core).
     config.scale_learning_rate_by_devices = False
     config.weight_decay = 1e-5
     config.seed = 0
@@ -39,10 +43,13 @@ def get_config() -> ml_collections.ConfigDict:
     # command's __main__ when it starts, which costs more than it saves on small data sets
     config.data.prepare_workers = 1
     config.data.extra_targets = ()  # further numeric CSV columns to regress
+    # Refuse a sample with slices in several splits (default: allowed, with a warning).
+    config.data.disjoint_samples = False
 
     config.log_every_steps = 10
     config.eval_every_steps = 50
     config.checkpoint_every_steps = 50
+    config.checkpoint_every_epochs = 0  # > 0 (with num_epochs): replaces checkpoint_every_steps
     config.keep_checkpoints = 2
     config.eval_pair_batches = 4  # fixed validation pairs for the validation loss
     config.eval_batch_size = 64  # images per embedding batch

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Mapping
@@ -65,7 +66,10 @@ def _initial_variables(model, config: ml_collections.ConfigDict) -> dict[str, An
 def _prepare_data(config: ml_collections.ConfigDict) -> dict[str, data.SplitSource]:
     """Validates the data set (raising :class:`data.DataValidationError`) and opens its splits."""
     index = data.index_dataset(
-        config.data.root, config.data.metadata, extra_targets=tuple(config.data.extra_targets)
+        config.data.root,
+        config.data.metadata,
+        extra_targets=tuple(config.data.extra_targets),
+        disjoint_samples=config.data.disjoint_samples,
     )
     workers = config.data.get("prepare_workers", 1) or runtime.cpu_count()
     cache = data.prepare(index, config.image_size, config.data.cache_dir, workers=workers)
@@ -98,6 +102,21 @@ class Validator:
         return metrics | validation_metrics(val_embedded, database, offset, k=config.retrieval_k)
 
 
+def training_length(config: ml_collections.ConfigDict, num_train_images: int) -> tuple[int, int]:
+    """(training steps, checkpoint interval in steps) of ``config``.
+
+    With ``num_epochs`` > 0 the run lasts ``ceil(num_epochs · num_train_images / global_batch_size)``
+    steps (an epoch of the original is as many pairs as training images) and, with
+    ``checkpoint_every_epochs`` > 0, checkpoints every ``ceil(checkpoint_every_epochs · images /
+    batch)`` steps; otherwise ``num_train_steps`` and ``checkpoint_every_steps``.
+    """
+    steps_for = lambda epochs: max(1, math.ceil(epochs * num_train_images / config.global_batch_size))
+    if config.num_epochs <= 0:
+        return config.num_train_steps, config.checkpoint_every_steps
+    every = config.checkpoint_every_epochs
+    return steps_for(config.num_epochs), steps_for(every) if every > 0 else config.checkpoint_every_steps
+
+
 def _save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
     (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str) + "\n")
 
@@ -121,9 +140,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 config.global_batch_size,
             )
     sources = _prepare_data(config)
+    num_train_steps, checkpoint_every = training_length(config, len(sources["train"]))
     if is_chief:
         workdir.mkdir(parents=True, exist_ok=True)
         _save_config(config, workdir)
+        if config.num_epochs > 0:
+            log.info(
+                "%d epochs of %d pairs: %d steps of %d, a checkpoint every %d steps",
+                config.num_epochs,
+                len(sources["train"]),
+                num_train_steps,
+                config.global_batch_size,
+                checkpoint_every,
+            )
 
     model = build_model(
         config.model,
@@ -176,13 +205,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if first_step == 0:
         evaluate_and_log(0)
     progress = tqdm(
-        total=config.num_train_steps, initial=first_step, desc="train", unit="step", disable=not is_chief
+        total=num_train_steps, initial=first_step, desc="train", unit="step", disable=not is_chief
     )
     window: list[dict[str, float]] = []
     window_start = time.perf_counter()
     step = first_step
     try:
-        for step in range(first_step + 1, config.num_train_steps + 1):
+        for step in range(first_step + 1, num_train_steps + 1):
             batch = layout.shard_batch(next(train_iter))
             state, metrics = train_step(state, batch)
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -194,7 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 )
             window.append(metrics)
             progress.update()
-            if step % config.log_every_steps == 0 or step == config.num_train_steps:
+            if step % config.log_every_steps == 0 or step == num_train_steps:
                 elapsed = time.perf_counter() - window_start
                 summary = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
                 summary |= {
@@ -208,9 +237,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     metrics_log.write(step, "train", summary)
                 window, window_start = [], time.perf_counter()
             eval_metrics = None
-            if step % config.eval_every_steps == 0 or step == config.num_train_steps:
+            if step % config.eval_every_steps == 0 or step == num_train_steps:
                 eval_metrics = evaluate_and_log(step)
-            if eval_metrics or step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
+            if eval_metrics or step % checkpoint_every == 0 or step == num_train_steps:
                 checkpointer.save(layout.canonical(state), train_iter, eval_metrics)
     except KeyboardInterrupt:
         # Everything up to the last completed step is kept: the next run resumes from here.

@@ -297,7 +297,7 @@ def test_duplicate_sample_names(tmp_path):
     rows.append(row("AAA002", porosity=0.3))
     csv = make_dataset(tmp_path, GOOD, rows)
     problems = problems_of(tmp_path, csv)
-    assert any("lines 3, 6" in p and "duplicate sample name 'AAA002'" in p for p in problems)
+    assert any("lines 3, 6" in p and "duplicate Created_label 'AAA002'" in p for p in problems)
 
 
 def test_missing_columns(tmp_path):
@@ -331,7 +331,22 @@ def test_empty_split_and_empty_sample_folder(tmp_path):
 def test_sample_in_two_splits(tmp_path):
     csv = make_dataset(tmp_path, GOOD)
     write_png(tmp_path / "val" / "AAA001" / "AAA001_slice7.png")
-    only(problems_of(tmp_path, csv), "'AAA001'", "train/", "val/")
+    # A slice-level split is the original's own (its db_test holds slices of training samples).
+    with pytest.warns(UserWarning, match=r"1 sample\(s\).*AAA001 \(train\+val\)"):
+        index = index_dataset(tmp_path, csv)
+    assert "AAA001" in index.splits["val"].samples
+    only(problems_of(tmp_path, csv, disjoint_samples=True), "'AAA001'", "train/", "val/")
+
+
+def test_original_csv_randomised_folders(tmp_path):
+    """The original's form: train folders by Created_label (AA01 …), db_test files by Image."""
+    rows = [dict(row("XX01"), Image="E002M0.raw"), dict(row("XX02"), Image="S017M1")]
+    csv = make_dataset(tmp_path, {"train": {"XX01": 2, "XX02": 1}}, rows)
+    write_png(tmp_path / "db_test" / "E002M0_slice9.png")
+    with pytest.warns(UserWarning, match="E002M0"):
+        index = index_dataset(tmp_path, csv)
+    assert index.samples == ("E002M0", "S017M1") and index.reservoirs == ("E00", "S01")
+    assert list(index.splits["db_test"].samples) == ["E002M0"]
 
 
 def test_all_problems_listed_at_once(tmp_path):

@@ -30,29 +30,45 @@ PIXEL_SIZE = 2.0
 
 
 def make_rocks(root: Path, samples_per_reservoir: int = 2, slices: int = 4, db_test: int = 0) -> Path:
-    """``train/<sample>/`` images (plus ``db_test`` samples per reservoir, flat) and a metadata CSV.
+    """A data set in the original RockIR's form: ``train/<Created_label>/`` folders with randomised
+    names (``AA01`` …), images named ``<Image>_slice<k>.png``, ``db_test`` samples per reservoir (flat)
+    and a CSV with the original's columns, ``Image`` holding the real sample name.
 
     Samples are named in the original convention (``AAA001``: reservoir ``AAA``); each image is noise
     around its reservoir's and sample's grey level, so retrieval has something to find.
     """
     rng = np.random.default_rng(0)
+    names = [
+        (r, reservoir, s)
+        for r, reservoir in enumerate(RESERVOIRS)
+        for s in range(samples_per_reservoir + db_test)
+    ]
+    # Randomised folder names, in an order unrelated to the samples'.
+    labels = [f"A{chr(65 + i // 9)}{i % 9 + 1:02d}" for i in rng.permutation(len(names))]
     rows = []
-    for r, (reservoir, grey) in enumerate(RESERVOIRS.items()):
-        for s in range(samples_per_reservoir + db_test):
-            sample = f"{reservoir}{s + 1:03d}"
-            held_out = s >= samples_per_reservoir
-            folder = root / "db_test" if held_out else root / "train" / sample
-            folder.mkdir(parents=True, exist_ok=True)
-            for k in range(slices):
-                pixels = np.clip(rng.normal(grey + 15 * s, 30, (SIZE, SIZE)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels, "L").save(folder / f"{sample}_slice{k}.png")
-            rows.append(
-                {"Created_label": sample, "Porosity": 0.1 + 0.05 * r + 0.01 * s,
-                 "Permeability": 10.0 ** (r + 0.3 * s), "Pixelsize": PIXEL_SIZE}
-            )  # fmt: skip
+    for (r, reservoir, s), label in zip(names, labels, strict=True):
+        grey = RESERVOIRS[reservoir]
+        sample = f"{reservoir}{s + 1:03d}"
+        held_out = s >= samples_per_reservoir
+        folder = root / "db_test" if held_out else root / "train" / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(slices):
+            pixels = np.clip(rng.normal(grey + 15 * s, 30, (SIZE, SIZE)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, "L").save(folder / f"{sample}_slice{k}.png")
+        rows.append(
+            {"Image": sample, "Label": r, "GI": 0, "NI": 0, "Size": SIZE, "Depth": 0,
+             "Pixelsize": PIXEL_SIZE, "Created_label": label, "Porosity": 0.1 + 0.05 * r + 0.01 * s,
+             "Permeability": 10.0 ** (r + 0.3 * s)}
+        )  # fmt: skip
     csv = root / "metadata.csv"
     pd.DataFrame(rows).to_csv(csv, index=False)
     return csv
+
+
+def train_folder(root: Path, sample: str) -> Path:
+    """The ``train/`` folder of ``sample`` (its randomised ``Created_label``) in a :func:`make_rocks` set."""
+    csv = pd.read_csv(root / "metadata.csv").set_index("Image")
+    return root / "train" / csv.at[sample, "Created_label"]
 
 
 def short_config(root: Path, cache_dir: Path):
@@ -137,6 +153,11 @@ def test_split_layout_end_to_end(run, rocks, tmp_path):
                  "--out", out, "--figures", "2", "-k", "5")  # fmt: skip
     report = json.loads((out / "metrics.json").read_text())
     assert report["n_images"] == 24 and report["n_samples"] == 6 and report["n_reservoirs"] == 3
+    # Trained and evaluated on randomised folder names: reports show the real names.
+    index = load_index(out / "index")
+    assert set(index.samples) == {f"{r}00{s}" for r in RESERVOIRS for s in (1, 2)}
+    assert set(index.reservoirs) == set(RESERVOIRS)
+    assert report["seen_in_training"]["n_queries"] == 24  # the train split itself
     assert report["model"]["model"] == "dsnn" and report["model"]["step"] == 2
     metrics = report["metrics"]
     for level in ("sample", "reservoir"):
@@ -144,14 +165,13 @@ def test_split_layout_end_to_end(run, rocks, tmp_path):
             assert 0.0 <= metrics[f"{level}/{name}"] <= 1.0, (level, name)
     assert metrics["metadata/porosity_mae"] >= 0 and metrics["metadata/log10_permeability_rmse"] >= 0
 
-    index = load_index(out / "index")
     for level, labels in (("sample", index.samples), ("reservoir", index.reservoirs)):
         reference = brute_force(index.embeddings, labels, k=5)
         assert metrics[f"{level}/map"] == pytest.approx(reference["map"], abs=1e-6)
         assert metrics[f"{level}/map@5"] == pytest.approx(reference["map@5"], abs=1e-6)
 
     # Predictions are multiplied back by Pixelsize², truths are the CSV's values.
-    csv = pd.read_csv(root / "metadata.csv").set_index("Created_label")
+    csv = pd.read_csv(root / "metadata.csv").set_index("Image")
     np.testing.assert_allclose(index.true_porosity, csv.loc[index.samples, "Porosity"], rtol=1e-6)
     np.testing.assert_allclose(index.true_permeability, csv.loc[index.samples, "Permeability"], rtol=1e-5)
     expected = 10.0 ** (5 * index.predicted_targets[:, 1].astype(np.float64)) * PIXEL_SIZE**2
@@ -166,6 +186,7 @@ def test_split_layout_end_to_end(run, rocks, tmp_path):
     }
     markdown = (out / "metrics.md").read_text()
     assert "hit rate@5" in markdown and "original RockIR" in markdown and "porosity MAE" in markdown
+    assert "same prefix2" in markdown and "prefix2/map@5_original" in metrics
 
 
 def test_flat_layout_with_and_without_metadata(run, rocks, tmp_path):
@@ -196,7 +217,7 @@ def test_clear_errors_name_the_file(run, rocks, tmp_path, capsys):
     exits_with_error(capsys, "no such database folder", evaluate_cli, *missing)
     bad = tmp_path / "bad"
     bad.mkdir()
-    shutil.copy(next((root / "train" / "AAA001").iterdir()), bad / "AAA001_slice0.png")
+    shutil.copy(next(train_folder(root, "AAA001").iterdir()), bad / "AAA001_slice0.png")
     (bad / "AAA001_slice1.png").write_bytes(b"not a png")
     bad_db = ("--workdir", run, "--db", bad, "--out", tmp_path / "o")
     exits_with_error(capsys, r"AAA001_slice1\.png: unreadable", evaluate_cli, *bad_db)

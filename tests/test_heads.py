@@ -1,5 +1,5 @@
-"""The DSNN's heads against float64 numpy written from DESIGN.md §1's formulas, with the real
-checkpoints of the original RockIR."""
+"""The DSNN's heads against float64 numpy written from the original's model_siamese_rock18_gated.py, with
+the real checkpoints of the original RockIR."""
 
 from pathlib import Path
 
@@ -23,7 +23,7 @@ def _linear(params, name, x):
 
 
 def reference_head(params, h1, h2, h3, h4):
-    """float64, DESIGN.md §1 "Siamese head (gated)"."""
+    """float64, the original's ``Siamese.forward``."""
     w1 = np.abs(h1 - h2).mean(axis=(1, 2))
     w2 = np.abs(h3 - h4).mean(axis=(1, 2))
     p_img = _sigmoid(_linear(params, "fc_out_image", w1))

@@ -35,7 +35,8 @@ def test_per_query_functions_on_one_row():
     rel = np.array([[False, True, False, True, False]])
     assert precision_at_k(rel, 3) == pytest.approx([1 / 3])
     assert average_precision_at_k(rel, 3) == pytest.approx([(1 / 2) / 2])  # / min(|R|=2, k=3)
-    assert average_precision_at_k_original(rel, 3) == pytest.approx([(1 / 2) / 3])  # / k
+    # The original: both hits count wherever they fall (rank 4 > k), divided by k.
+    assert average_precision_at_k_original(rel, 3) == pytest.approx([(1 / 2 + 2 / 4) / 3])
     assert average_precision(rel) == pytest.approx([(1 / 2 + 2 / 4) / 2])
     assert hit_rate_at_k(rel, 1) == pytest.approx([0.0])
     assert hit_rate_at_k(rel, 2) == pytest.approx([1.0])
@@ -47,6 +48,28 @@ def test_divide_by_k_differs_when_fewer_relevant_than_k():
     rel = np.array([[True, False, False, False, False]])
     assert average_precision_at_k(rel, 5) == pytest.approx([1.0])
     assert average_precision_at_k_original(rel, 5) == pytest.approx([0.2])
+
+
+def original_ap_k(actual, predicted, k):
+    """The original RockIR's ``ap_k``, transcribed from its cbir_rock18_gated_qualitative_analysis.py."""
+    relevant_counter = 0
+    precisions = np.zeros(k)
+    for i in range(len(predicted)):
+        if relevant_counter < k:
+            if predicted[i] == actual:
+                relevant_counter += 1
+                precisions[relevant_counter - 1] = float(relevant_counter) / (i + 1)
+    return np.mean(precisions)
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 40])
+def test_original_ap_k_equals_the_originals_function_on_full_rankings(k):
+    rng = np.random.default_rng(k)
+    labels = rng.choice(list("ABC"), size=(200, 30), p=[0.15, 0.35, 0.5])
+    actual = rng.choice(list("ABC"), size=200)
+    expected = [original_ap_k(a, row, k) for a, row in zip(actual, labels, strict=True)]
+    actual_ap = average_precision_at_k_original(labels == actual[:, None], k)
+    np.testing.assert_allclose(actual_ap, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_truncated_ranking_uses_given_relevant_count_and_no_relevant_is_nan():
@@ -74,11 +97,12 @@ def test_retrieval_metrics_excludes_self_per_level():
     # Sample level. q0 (A1): rel 0 1 0 1 0, |R| = 2 (rows 1, 5). q3 (B1): rel 1 0 0 0 0, |R| = 1.
     # q2 (A2) has no other image of its sample: left out of the means.
     #   AP@3: q0 = (1/2) / 2 = 1/4, q3 = 1 / 1 = 1 → 5/8
-    #   AP@3 original: q0 = (1/2) / 3 = 1/6, q3 = 1/3 → 1/4
+    #   AP@3 original, self back at rank 1: q0 = rel 1 0 1 0 1 0 → (1 + 2/3 + 3/5) / 3 = 34/45,
+    #   q3 = rel 1 1 0 0 0 0 → 2/3 → 32/45
     #   AP: q0 = (1/2 + 2/4) / 2 = 1/2, q3 = 1 → 3/4
     #   P@3: 1/3 and 1/3; hit rate: 1 and 1; recall@3: 1/2 and 1 → 3/4
     assert sample["map@3"] == pytest.approx(5 / 8)
-    assert sample["map@3_original"] == pytest.approx(1 / 4)
+    assert sample["map@3_original"] == pytest.approx(32 / 45)
     assert sample["map"] == pytest.approx(3 / 4)
     assert sample["precision@3"] == pytest.approx(1 / 3)
     assert sample["hit_rate@3"] == pytest.approx(1.0)
@@ -87,11 +111,12 @@ def test_retrieval_metrics_excludes_self_per_level():
     # Reservoir level. q0 (A): rel 0 1 1 1 0, |R| = 3. q3 (B): rel 1 0 0 0 0, |R| = 1.
     # q2 (A): rel 1 1 1 0 0, |R| = 3.
     #   AP@3: q0 = (1/2 + 2/3) / 3 = 7/18, q3 = 1, q2 = 3/3 = 1 → (7/18 + 2) / 3 = 43/54
-    #   AP@3 original: q0 = 7/18, q3 = 1/3, q2 = 1 → (7 + 6 + 18) / 54 = 31/54
+    #   AP@3 original, self at rank 1: q0 = rel 1 0 1 1 1 0 → (1 + 2/3 + 3/4) / 3 = 29/36,
+    #   q3 = 2/3, q2 = rel 1 1 1 1 0 0 → 1 → (29 + 24 + 36) / 108 = 89/108
     #   AP: q0 = (1/2 + 2/3 + 3/4) / 3 = 23/36, q3 = 1, q2 = 1 → (23/36 + 2) / 3 = 95/108
     #   P@3: 2/3, 1/3, 1 → 2/3; recall@3: 2/3, 1, 1 → 8/9
     assert reservoir["map@3"] == pytest.approx(43 / 54)
-    assert reservoir["map@3_original"] == pytest.approx(31 / 54)
+    assert reservoir["map@3_original"] == pytest.approx(89 / 108)
     assert reservoir["map"] == pytest.approx(95 / 108)
     assert reservoir["precision@3"] == pytest.approx(2 / 3)
     assert reservoir["hit_rate@3"] == pytest.approx(1.0)

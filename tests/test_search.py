@@ -5,7 +5,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from test_evaluate import PIXEL_SIZE, SIZE, exits_with_error, shared_run
+from test_evaluate import PIXEL_SIZE, SIZE, exits_with_error, shared_run, train_folder
 
 from rockir_jax.cli import search
 from rockir_jax.images import read_image
@@ -75,7 +75,7 @@ def test_saved_index_hits_match_brute_force(setup, tmp_path, capsys, monkeypatch
 
 def test_folder_database_and_unknown_pixel_size(setup, capsys):
     root, run, _ = setup
-    query = sorted((root / "train" / "BBB002").iterdir())[0]  # not in db_test
+    query = sorted(train_folder(root, "BBB002").iterdir())[0]  # not in db_test
     search.main(["--workdir", str(run), "--db", str(root), "--query", str(query), "-k", "3"])
     printed = capsys.readouterr().out
     assert "sample BBB002, reservoir BBB" in printed

@@ -34,7 +34,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "rockir-evaluate") -> No
         "--metadata", type=common.path, help="metadata CSV (true porosity, permeability, pixel size)"
     )
     parser.add_argument("--out", type=common.path, required=True, help="output directory")
-    parser.add_argument("-k", type=int, default=10, help="cut-off of the @k metrics")
+    parser.add_argument(
+        "-k",
+        type=int,
+        default=10,
+        help="cut-off of the @k metrics (at most the number of images - 1: capped, with a note)",
+    )
     parser.add_argument("--figures", type=int, default=3, help="number of retrieval figures")
     parser.add_argument("--batch-size", type=int, default=64, help="images per embedding batch")
     parser.add_argument("--perm-unit", default="mD", help="unit of the CSV's Permeability, for figure titles")
@@ -54,6 +59,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "rockir-evaluate") -> No
         )
         if jax.process_index() == 0:  # the one process that wrote them
             print((args.out / "metrics.md").read_text())
+            if report["k"] != args.k:
+                print(
+                    f"note: k = {report['k']} (asked {args.k}): the database has {report['n_images']} images"
+                )
             print(
                 f"wrote {args.out}/metrics.json, metrics.md, index/ and {args.figures} figure(s) "
                 f"for {report['n_images']} images"

@@ -44,7 +44,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise ValueError("give --config, or --root and --metadata")
         image_size = args.image_size or (config.get("image_size") if config is not None else None) or 128
         cache_dir = args.cache_dir or data.get("cache_dir") or None
-        index = index_dataset(root, metadata, extra_targets=tuple(data.get("extra_targets", ())))
+        index = index_dataset(
+            root,
+            metadata,
+            extra_targets=tuple(data.get("extra_targets", ())),
+            disjoint_samples=data.get("disjoint_samples", False),
+        )
         print(summarize(index))
         path = write_contact_sheet(index, image_size, args.out, cache_dir, args.num_pairs, args.seed)
         print(f"contact sheet: {path}")

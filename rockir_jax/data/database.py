@@ -1,8 +1,10 @@
 """A database folder of images (flat, or a split-layout root) as a :class:`SplitTable`, with metadata.
 
-A metadata CSV is optional. Samples found in it get their true porosity and permeability and pixel
-size and, when the CSV has a ``Reservoir`` column, their reservoir; other images keep the naming rule
-(:mod:`rockir_jax.data.layout`) and unknown (NaN) metadata.
+A metadata CSV is optional. A name (folder, or the sample part of a flat file's name) found in it, by
+``Created_label`` or ``Image`` (:func:`rockir_jax.data.metadata.sample_lookup`), becomes that sample
+(its ``Image``) with its true porosity, permeability, pixel size and reservoir; other images keep the
+naming rule (:mod:`rockir_jax.data.layout`), the reservoir from their name's first 3 characters and
+unknown (NaN) metadata.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rockir_jax.data.layout import IMAGE_SUFFIXES, scan_database
+from rockir_jax.data.layout import IMAGE_SUFFIXES, scan_database, scan_split
 from rockir_jax.data.metadata import (
     RESERVOIR_COLUMN,
     DataValidationError,
@@ -22,6 +24,7 @@ from rockir_jax.data.metadata import (
     compute_targets,
     read_metadata,
     reservoir_from_sample,
+    sample_lookup,
 )
 from rockir_jax.images import check_image
 
@@ -34,10 +37,11 @@ def image_table(
     metadata: pd.DataFrame | None = None,
     target_spec: TargetSpec = DEFAULT_TARGETS,
 ) -> SplitTable:
-    """A :class:`SplitTable` of ``(path, sample)`` pairs, metadata from ``metadata`` (a frame of
-    :func:`rockir_jax.data.metadata.read_metadata`) where the sample is in it, NaN elsewhere."""
-    samples = np.array([s for _, s in files], dtype=str)
-    known = np.array([metadata is not None and s in metadata.index for s in samples], dtype=bool)
+    """A :class:`SplitTable` of ``(path, name)`` pairs, metadata from ``metadata`` (a frame of
+    :func:`rockir_jax.data.metadata.read_metadata`) where the name is in it, NaN elsewhere."""
+    lookup = {} if metadata is None else sample_lookup(metadata)
+    samples = np.array([lookup.get(name, name) for _, name in files], dtype=str)
+    known = np.array([name in lookup for _, name in files], dtype=bool)
     n_targets = len(target_spec.names)
     targets = np.full((len(files), n_targets), np.nan, np.float32)
     pixel_size = np.full(len(files), np.nan)
@@ -52,10 +56,9 @@ def image_table(
             target_spec,
             rows[list(target_spec.extra)].astype(float).to_numpy() if target_spec.extra else None,
         )
-        if RESERVOIR_COLUMN in rows.columns:
-            reservoirs = reservoirs.astype(object)
-            reservoirs[known] = rows[RESERVOIR_COLUMN].astype(str).to_numpy()
-            reservoirs = reservoirs.astype(str)
+        reservoirs = reservoirs.astype(object)
+        reservoirs[known] = rows[RESERVOIR_COLUMN].astype(str).to_numpy()
+        reservoirs = reservoirs.astype(str)
     ids = lambda names: np.unique(names, return_inverse=True)[1].astype(np.int32)
     return SplitTable(
         paths=tuple(str(p) for p, _ in files),
@@ -88,3 +91,16 @@ def list_images(
         raise DataValidationError(problems, what="database")
     metadata = read_metadata(metadata_csv, target_spec) if metadata_csv is not None else None
     return image_table(files, metadata, target_spec)
+
+
+def training_samples(
+    db: str | Path, metadata_csv: str | Path | None = None, target_spec: TargetSpec = DEFAULT_TARGETS
+) -> set[str] | None:
+    """The samples of ``<db>/train/`` when ``db`` is a split-layout root that has one (names resolved
+    with the metadata CSV as :func:`image_table` does), else None: unknown."""
+    db = Path(db)
+    if not (db / "train").is_dir():
+        return None
+    files = scan_split(db, "train")
+    metadata = read_metadata(metadata_csv, target_spec) if metadata_csv is not None else None
+    return set(image_table(files, metadata, target_spec).samples.tolist())

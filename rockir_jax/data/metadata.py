@@ -1,38 +1,49 @@
 """Metadata CSV schema, regression targets and data-set validation (image reading: :mod:`rockir_jax.images`).
 
-The folder layout is :mod:`rockir_jax.data.layout`'s. CSV columns of the original: ``Image, Label, GI,
-NI, Size, Depth, Pixelsize, Created_label, Porosity, Permeability``. Only ``Created_label`` (the sample
-name), ``Porosity``, ``Permeability`` and ``Pixelsize`` are required; an optional ``Reservoir`` column
-names the reservoir, otherwise it is the first 3 characters of the sample name (the original's
-``<3-char reservoir><3-char sample>`` naming).
+The folder layout is :mod:`rockir_jax.data.layout`'s. CSV columns of the original
+(``microct_0114_random_labels.csv``): ``Image, Label, GI, NI, Size, Depth, Pixelsize, Created_label,
+Porosity, Permeability``, one row per sample. ``Created_label`` names the sample's training folder
+(the original randomised these names: ``AA01``, ``AA02`` …); ``Image`` is the sample's real name, the
+one ``db_test`` files carry (``<Image>_slice<N>.png``; an ``Image`` given as a file name,
+``E002M0.raw``, counts by its stem). ``Created_label``, ``Porosity``,
+``Permeability`` and ``Pixelsize`` are required; without ``Image`` (or where it is empty) the sample's
+name is its ``Created_label``. An optional ``Reservoir`` column names the reservoir, otherwise it is
+the first 3 characters of ``Image`` (the original's ``<3-char reservoir><3-char sample>`` naming).
+
+A folder or file name finds its sample by :func:`sample_lookup`: its ``Created_label``, else its
+``Image``; so data sets whose folders are named after ``Image`` work too.
 
 Every image's targets come from its *own* sample's row (the original looked both images of a pair up
 from image 0's folder, so ``same_meta`` was always 1).
 
 :func:`index_dataset` scans and validates everything before any training and raises one
 :class:`DataValidationError` that lists every problem, each naming its file or CSV line; every
-visible file is either a readable image or an error.
+visible file is either a readable image or an error. Slices of one sample in several splits are
+allowed (the original's ``db_test`` holds slices of its training samples), with one warning;
+``disjoint_samples=True`` refuses them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from rockir_jax.data.layout import SPLITS, scan_split
+from rockir_jax.data.layout import FLAT_SPLIT, SPLITS, scan_split
 from rockir_jax.images import check_image
 
-# Image reading lives apart so that image-decoding worker processes need not import this package.
-
-REQUIRED_COLUMNS = ("Created_label", "Porosity", "Permeability", "Pixelsize")
-SAMPLE_COLUMN = "Created_label"
+FOLDER_COLUMN = "Created_label"
+"""The name of a sample's training folder."""
+SAMPLE_COLUMN = "Image"
+"""The sample's real name (``db_test`` files are ``<Image>_slice<N>``); optional, else FOLDER_COLUMN."""
 RESERVOIR_COLUMN = "Reservoir"
+REQUIRED_COLUMNS = (FOLDER_COLUMN, "Porosity", "Permeability", "Pixelsize")
 
 
 class DataValidationError(ValueError):
@@ -121,8 +132,16 @@ def same_metadata(d0: np.ndarray, d1: np.ndarray, tol: float = 0.1) -> np.ndarra
 
 
 def reservoir_from_sample(sample: str) -> str:
-    """The original naming convention: the first 3 characters of the sample name."""
+    """The original naming convention: the first 3 characters of the sample's name (``Image``)."""
     return sample[:3]
+
+
+def sample_lookup(metadata: pd.DataFrame) -> dict[str, str]:
+    """Every name that identifies a sample of ``metadata`` (a frame of :func:`read_metadata`) → the
+    sample (its ``Image``): its ``Created_label`` and its ``Image``; ``Created_label`` wins a clash."""
+    return dict(zip(metadata.index, metadata.index, strict=True)) | dict(
+        zip(metadata[FOLDER_COLUMN], metadata.index, strict=True)
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -165,11 +184,13 @@ class DatasetIndex:
 def _read_metadata_csv(
     csv_path: Path, spec: TargetSpec, problems: list[str]
 ) -> tuple[pd.DataFrame | None, str]:
-    """The CSV indexed by sample name, with rows that have problems reported (and kept out)."""
+    """The CSV indexed by sample (``Image``) with ``Reservoir`` filled in, rows that have problems
+    reported (and kept out)."""
     try:
         raw = csv_path.read_bytes()
         # Names stay text: "001" must match a folder called 001, not become the number 1.
-        frame = pd.read_csv(csv_path, dtype={SAMPLE_COLUMN: str, RESERVOIR_COLUMN: str})
+        names = (FOLDER_COLUMN, SAMPLE_COLUMN, RESERVOIR_COLUMN)
+        frame = pd.read_csv(csv_path, dtype={c: str for c in names})
         # Every cell as written, for messages: "NaN", "-3.2" or an empty cell, not np.float64(nan).
         written = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except Exception as e:  # any read or parse failure is reported with its reason
@@ -184,21 +205,32 @@ def _read_metadata_csv(
 
     def line(i: int) -> str:
         # +2: the header is line 1 and pandas rows count from 0.
-        return f"{csv_path} line {i + 2} (sample {written[SAMPLE_COLUMN].iloc[i]!r})"
+        return f"{csv_path} line {i + 2} (sample {written[FOLDER_COLUMN].iloc[i]!r})"
 
     def got(column: str, i: int) -> str:
         text = written[column].iloc[i].strip()
         return f"got {text}" if text else "got an empty cell"
 
+    def blank(column: pd.Series) -> np.ndarray:
+        return (column.isna() | (column.astype(str).str.strip() == "")).to_numpy()
+
     bad = np.zeros(len(frame), bool)
-    names = frame[SAMPLE_COLUMN]
-    for i in np.flatnonzero(names.isna() | (names.astype(str).str.strip() == "")):
-        problems.append(f"{line(i)}: missing sample name in {SAMPLE_COLUMN}")
+    for i in np.flatnonzero(blank(frame[FOLDER_COLUMN])):
+        problems.append(f"{line(i)}: missing sample name in {FOLDER_COLUMN}")
         bad[i] = True
-    for name in names[names.duplicated(keep=False) & names.notna()].unique():
-        rows = ", ".join(str(i + 2) for i in np.flatnonzero(names == name))
-        problems.append(f"{csv_path} lines {rows}: duplicate sample name {name!r}")
-        bad[names == name] = True
+    if SAMPLE_COLUMN not in frame.columns:
+        frame[SAMPLE_COLUMN] = frame[FOLDER_COLUMN]
+    frame[SAMPLE_COLUMN] = frame[SAMPLE_COLUMN].where(~blank(frame[SAMPLE_COLUMN]), frame[FOLDER_COLUMN])
+    # An Image given as a file name ("E002M0.raw") names the sample by its stem.
+    frame[SAMPLE_COLUMN] = [
+        Path(str(name)).stem if isinstance(name, str) else name for name in frame[SAMPLE_COLUMN]
+    ]
+    for column in (FOLDER_COLUMN, SAMPLE_COLUMN):
+        names = frame[column]
+        for name in names[names.duplicated(keep=False) & names.notna()].unique():
+            rows = ", ".join(str(i + 2) for i in np.flatnonzero(names == name))
+            problems.append(f"{csv_path} lines {rows}: duplicate {column} {name!r}")
+            bad[(names == name).to_numpy()] = True
 
     def numeric(column: str) -> np.ndarray:
         return pd.to_numeric(frame[column], errors="coerce").to_numpy(np.float64)
@@ -218,18 +250,22 @@ def _read_metadata_csv(
             problems.append(f"{line(i)}: {column} must be a finite number, {got(column, i)}")
             bad[i] = True
     if RESERVOIR_COLUMN in frame.columns:
-        reservoirs = frame[RESERVOIR_COLUMN]
-        for i in np.flatnonzero(reservoirs.isna() | (reservoirs.astype(str).str.strip() == "")):
+        for i in np.flatnonzero(blank(frame[RESERVOIR_COLUMN])):
             problems.append(f"{line(i)}: missing {RESERVOIR_COLUMN}")
             bad[i] = True
 
     good = frame[~bad].copy()
-    good[SAMPLE_COLUMN] = good[SAMPLE_COLUMN].astype(str)
+    for column in (FOLDER_COLUMN, SAMPLE_COLUMN):
+        good[column] = good[column].astype(str)
+    if RESERVOIR_COLUMN not in good.columns:
+        good[RESERVOIR_COLUMN] = [reservoir_from_sample(s) for s in good[SAMPLE_COLUMN]]
+    good[RESERVOIR_COLUMN] = good[RESERVOIR_COLUMN].astype(str)
     return good.set_index(SAMPLE_COLUMN), digest
 
 
 def read_metadata(metadata_csv: str | Path, spec: TargetSpec = TargetSpec()) -> pd.DataFrame:
-    """The metadata CSV indexed by sample name; raises DataValidationError listing every bad row."""
+    """The metadata CSV indexed by sample (``Image``), with its ``Created_label`` and ``Reservoir``
+    columns; raises DataValidationError listing every bad row."""
     problems: list[str] = []
     frame, _ = _read_metadata_csv(Path(metadata_csv).absolute(), spec, problems)
     if problems:
@@ -250,12 +286,14 @@ def index_dataset(
     splits: Sequence[str] = SPLITS,
     extra_targets: Sequence[str] = (),
     target_spec: TargetSpec | None = None,
+    disjoint_samples: bool = False,
 ) -> DatasetIndex:
     """Scans and validates ``root`` + ``metadata_csv`` (see the module docstring for the layout).
 
     ``train`` is required; ``val`` and ``db_test`` may be absent but not empty. Every image is
     decoded once to check it. ``extra_targets`` names further numeric CSV columns appended to the
-    targets (``target_spec``, if given, wins). Raises DataValidationError listing every problem.
+    targets (``target_spec``, if given, wins). A sample with slices in several splits gets a warning,
+    or, with ``disjoint_samples``, is a problem. Raises DataValidationError listing every problem.
     """
     # Absolute paths: the cache fingerprint must not depend on the working directory.
     root = Path(root).absolute()
@@ -280,25 +318,56 @@ def index_dataset(
         if not scanned[split]:
             problems.append(f"{root / split}: split has no images")
 
-    split_of_sample: dict[str, str] = {}
-    for split, items in scanned.items():
-        for sample in dict.fromkeys(s for _, s in items):
-            if sample in split_of_sample:
-                problems.append(f"sample {sample!r} appears in both {split_of_sample[sample]}/ and {split}/")
-            split_of_sample.setdefault(sample, split)
     if meta is not None:
-        reported: set[str] = set()
-        for split, items in scanned.items():
-            for path, sample in items:
-                if sample not in meta.index and sample not in reported:
-                    where = path.parent if split != "db_test" else path
-                    problems.append(f"{where}: sample {sample!r} has no valid row in {csv_path}")
-                    reported.add(sample)
+        scanned = _resolve_samples(scanned, meta, csv_path, problems)
+    shared = shared_samples({split: [s for _, s in items] for split, items in scanned.items()})
+    if disjoint_samples:
+        problems += [
+            f"sample {s!r} appears in both {' and '.join(f'{x}/' for x in where)}"
+            for s, where in shared.items()
+        ]
+    elif shared:
+        warnings.warn(
+            f"{len(shared)} sample(s) have slices in several splits (a slice-level split): "
+            + ", ".join(f"{s} ({'+'.join(where)})" for s, where in shared.items()),
+            stacklevel=2,
+        )
     problems.extend(_check_images(p for items in scanned.values() for p, _ in items))
     if problems:
         raise DataValidationError(problems)
     assert meta is not None
     return _build_index(root, csv_path, digest, spec, meta, scanned)
+
+
+def shared_samples(samples_by_split: Mapping[str, Iterable[str]]) -> dict[str, tuple[str, ...]]:
+    """The samples found in more than one split → those splits, in the given order."""
+    where: dict[str, list[str]] = {}
+    for split, samples in samples_by_split.items():
+        for sample in dict.fromkeys(samples):
+            where.setdefault(sample, []).append(split)
+    return {s: tuple(splits) for s, splits in sorted(where.items()) if len(splits) > 1}
+
+
+def _resolve_samples(
+    scanned: dict[str, list[tuple[Path, str]]], meta: pd.DataFrame, csv_path: Path, problems: list[str]
+) -> dict[str, list[tuple[Path, str]]]:
+    """Folder and file names → samples (:func:`sample_lookup`); unknown names reported once each."""
+    lookup = sample_lookup(meta)
+    resolved: dict[str, list[tuple[Path, str]]] = {}
+    reported: set[str] = set()
+    for split, items in scanned.items():
+        resolved[split] = []
+        for path, name in items:
+            if name in lookup:
+                resolved[split].append((path, lookup[name]))
+            elif name not in reported:
+                where = path.parent if split != FLAT_SPLIT else path
+                problems.append(
+                    f"{where}: sample {name!r} has no valid row in {csv_path} "
+                    f"(no {FOLDER_COLUMN} or {SAMPLE_COLUMN} {name!r})"
+                )
+                reported.add(name)
+    return resolved
 
 
 def _build_index(
@@ -310,9 +379,7 @@ def _build_index(
     scanned: dict[str, list[tuple[Path, str]]],
 ) -> DatasetIndex:
     def reservoir(sample: str) -> str:
-        if RESERVOIR_COLUMN in meta.columns:
-            return str(meta.at[sample, RESERVOIR_COLUMN])
-        return reservoir_from_sample(sample)
+        return str(meta.at[sample, RESERVOIR_COLUMN])
 
     all_samples = sorted({s for items in scanned.values() for _, s in items})
     sample_vocab = {s: i for i, s in enumerate(all_samples)}

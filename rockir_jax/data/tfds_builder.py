@@ -46,8 +46,9 @@ from rockir_jax.data.metadata import DatasetIndex
 from rockir_jax.data.sources import SplitSource
 from rockir_jax.images import read_image, read_images
 
-# Bump when the stored layout or the image decoding changes, so old caches are not reused.
-FORMAT_VERSION = 2
+# Bump when the stored layout, the image decoding or the CSV's interpretation changes, so old caches
+# are not reused.
+FORMAT_VERSION = 3
 TABLES_FILE = "rockir_tables.json"
 # Images per worker task: large enough to amortise the round trip between processes.
 _CHUNK = 32

@@ -1,13 +1,16 @@
 """The DSNN's heads, on NHWC backbone feature maps, with the original RockIR's exact math.
 
 Submodule names follow the original PyTorch modules (``fc_out_image``, ``fc_fusion2``, ``out_por`` …) so
-its checkpoints port with a table (:func:`rockir_jax.models.resnet_params.import_rockir_heads`).
+its checkpoints port with a table (:func:`rockir_jax.models.resnet_params.import_rockir_heads`); every
+layer is initialised as torch's ``nn.Linear`` (:mod:`rockir_jax.models.torch_init`).
 """
 
 from __future__ import annotations
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from rockir_jax.models import torch_init
 
 
 def mean_abs_difference(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
@@ -28,18 +31,18 @@ class GatedSiameseHead(nn.Module):
     def __call__(
         self, h1: jnp.ndarray, h2: jnp.ndarray, h3: jnp.ndarray, h4: jnp.ndarray
     ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-        dense = lambda features, name: nn.Dense(features, dtype=self.dtype, name=name)
+        dense = lambda features, x, name: torch_init.dense(features, x.shape[-1], name, self.dtype)(x)
         w1 = mean_abs_difference(h1, h2)
         w2 = mean_abs_difference(h3, h4)
-        p_img = nn.sigmoid(dense(1, "fc_out_image")(w1))
-        p_rock = nn.sigmoid(dense(1, "fc_out_rock")(w2))
-        g = nn.relu(dense(32, "fc_fusion")(jnp.concatenate([w1, w2], axis=-1)))
-        g = nn.relu(dense(16, "fc_fusion2")(g))
+        p_img = nn.sigmoid(dense(1, w1, "fc_out_image"))
+        p_rock = nn.sigmoid(dense(1, w2, "fc_out_rock"))
+        g = nn.relu(dense(32, jnp.concatenate([w1, w2], axis=-1), "fc_fusion"))
+        g = nn.relu(dense(16, g, "fc_fusion2"))
         # The original applies ReLU before the softmax gate; kept so its checkpoints behave the same.
-        g = nn.relu(dense(2, "fc_fusion3")(g))
+        g = nn.relu(dense(2, g, "fc_fusion3"))
         gate = nn.softmax(g, axis=-1)
         fused = (w1 * gate[:, 0:1] + w2 * gate[:, 1:2]) / 2
-        p = nn.sigmoid(dense(1, "fc_out")(fused))
+        p = nn.sigmoid(dense(1, fused, "fc_out"))
         return p, p_img, p_rock
 
 
@@ -51,14 +54,12 @@ class RegressionHead(nn.Module):
 
     @nn.compact
     def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
+        dense = lambda features, x, name: torch_init.dense(features, x.shape[-1], name, self.dtype)(x)
         x = jnp.mean(h, axis=(1, 2))
-        x = nn.relu(nn.Dense(64, dtype=self.dtype, name="fc")(x))
-        outputs = [
-            nn.Dense(1, dtype=self.dtype, name="out_por")(x),
-            nn.Dense(1, dtype=self.dtype, name="out_perm")(x),
-        ]
+        x = nn.relu(dense(64, x, "fc"))
+        outputs = [dense(1, x, "out_por"), dense(1, x, "out_perm")]
         if self.num_extra_targets:
-            outputs.append(nn.Dense(self.num_extra_targets, dtype=self.dtype, name="out_extra")(x))
+            outputs.append(dense(self.num_extra_targets, x, "out_extra"))
         return jnp.concatenate(outputs, axis=-1)
 
 
@@ -69,4 +70,5 @@ class SiameseHead(nn.Module):
 
     @nn.compact
     def __call__(self, h1: jnp.ndarray, h2: jnp.ndarray) -> jnp.ndarray:
-        return nn.sigmoid(nn.Dense(1, dtype=self.dtype, name="fc_out")(mean_abs_difference(h1, h2)))
+        w = mean_abs_difference(h1, h2)
+        return nn.sigmoid(torch_init.dense(1, w.shape[-1], "fc_out", self.dtype)(w))

@@ -3,7 +3,7 @@
 Submodule names mirror torchvision's state-dict keys (``conv1``, ``bn1``, ``layer1_0.conv1``,
 ``layer2_0.downsample_conv`` …) so that weight porting is a plain table (see
 :mod:`rockir_jax.models.resnet_params`). Padding is explicit because ``SAME`` padding does not reproduce
-torchvision's strided convolutions.
+torchvision's strided convolutions. Initialised as torchvision's (:mod:`rockir_jax.models.torch_init`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Literal
 import flax.linen as nn
 import jax.numpy as jnp
 
-from rockir_jax.models import winograd
+from rockir_jax.models import torch_init, winograd
 from rockir_jax.models.pooling import max_pool
 
 Output = Literal["logits", "pooled", "feature_map"]
@@ -38,7 +38,7 @@ class WinogradConv3x3(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         kernel = self.param(
-            "kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features), jnp.float32
+            "kernel", torch_init.conv_kernel_init, (3, 3, x.shape[-1], self.features), jnp.float32
         )
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
         return winograd.conv3x3(x, kernel)
@@ -106,7 +106,7 @@ class ResNet(nn.Module):
         """
         if output is None:
             output = "pooled" if self.num_classes is None else "logits"
-        conv = partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=torch_init.conv_kernel_init)
         winograd_conv = partial(WinogradConv3x3, dtype=self.dtype)
         # torch momentum 0.1 is flax momentum 0.9
         norm = partial(
@@ -137,7 +137,7 @@ class ResNet(nn.Module):
             raise ValueError(f"output must be 'logits', 'pooled' or 'feature_map', got {output!r}")
         if self.num_classes is None:
             raise ValueError("output='logits' needs a ResNet built with num_classes")
-        return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
+        return torch_init.dense(self.num_classes, x.shape[-1], "fc", self.dtype)(x)
 
 
 def resnet(arch: str, **attributes) -> Callable[..., ResNet]:

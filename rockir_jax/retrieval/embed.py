@@ -6,7 +6,7 @@ and the regression prediction; Siamese and Vanilla: normalised pooled features).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -22,7 +22,7 @@ from rockir_jax.data.metadata import TargetSpec, targets_to_physical
 from rockir_jax.data.pipeline import eval_iterator
 from rockir_jax.data.sources import SplitSource
 from rockir_jax.retrieval.knn import knn
-from rockir_jax.retrieval.metrics import metadata_metrics, retrieval_metrics
+from rockir_jax.retrieval.metrics import LEVELS, metadata_metrics, retrieval_metrics
 from rockir_jax.sharding import DATA_AXIS, shard_batch
 
 EmbedStep = Callable[[Mapping[str, Any], jax.Array], dict[str, jax.Array]]
@@ -85,19 +85,20 @@ def validation_metrics(
     database: Mapping[str, np.ndarray],
     query_offset: int,
     k: int = 10,
+    levels: Sequence[str] = LEVELS,
 ) -> dict[str, float]:
     """Retrieval metrics of ``queries`` against ``database`` (which contains them, from row
-    ``query_offset`` on; each query is excluded from its own ranking) and, for models that predict
-    metadata, the queries' porosity and permeability errors. Flat ``{"sample/map@10": …}``."""
+    ``query_offset`` on; each query is excluded from its own ranking) at each relevance level (labels
+    under ``<level>_id``) and, for models that predict metadata, the queries' porosity and
+    permeability errors. Flat ``{"sample/map@10": …}``."""
     query_rows = query_offset + np.arange(len(queries["embedding"]))
     # The full ranking, so that mAP over all relevant items is exact.
     full = len(database["embedding"]) - 1
     _, ranked = knn(queries["embedding"], database["embedding"], full, exclude_indices=query_rows)
-    levels = ("sample_id", "reservoir_id")
     per_level = retrieval_metrics(
         ranked,
-        {name.removesuffix("_id"): queries[name] for name in levels},
-        {name.removesuffix("_id"): database[name] for name in levels},
+        {level: queries[f"{level}_id"] for level in levels},
+        {level: database[f"{level}_id"] for level in levels},
         k,
         # Self is already out of the ranking; naming it keeps it out of each query's relevant count.
         query_ids=query_rows,

@@ -19,15 +19,18 @@ import jax
 import numpy as np
 
 from rockir_jax import sharding
-from rockir_jax.data.database import DEFAULT_SPLIT, list_images
+from rockir_jax.data.database import DEFAULT_SPLIT, list_images, training_samples
 from rockir_jax.data.metadata import SplitTable, targets_to_physical
 from rockir_jax.data.sources import from_table
 from rockir_jax.jsonio import json_text
 from rockir_jax.retrieval.embed import embed_source, make_embed_step, validation_metrics
 from rockir_jax.retrieval.index import RetrievalIndex, save_index
 from rockir_jax.retrieval.loading import LoadedModel
-from rockir_jax.retrieval.metrics import metadata_metrics
+from rockir_jax.retrieval.metrics import LEVELS, PREFIX_LEVEL, metadata_metrics, prefix_labels
 from rockir_jax.retrieval.report import figure_rows, metrics_markdown, write_figures
+
+EVALUATION_LEVELS = (*LEVELS, PREFIX_LEVEL)
+"""Relevance levels of an evaluation: sample, reservoir and the original script's 2-character prefix."""
 
 
 def embed_table(
@@ -69,11 +72,27 @@ def build_index(model: LoadedModel, table: SplitTable, batch_size: int = 64) -> 
     )
 
 
+def usable_k(n_images: int, k: int) -> int:
+    """``k`` capped at the ranking length ``n_images - 1`` (each image queries all others)."""
+    if n_images < 2:
+        raise ValueError(f"a database of {n_images} image(s) has nothing to retrieve; it needs at least 2")
+    if k < 1:
+        raise ValueError(f"k={k} must be at least 1")
+    return min(k, n_images - 1)
+
+
 def evaluate_index(index: RetrievalIndex, k: int = 10) -> dict[str, float]:
     """Every image against all others (itself excluded), flat ``{"sample/map@10": …}`` as in
-    training's validation; plus ``metadata/…`` errors over the images with known metadata."""
-    labels = {"embedding": index.embeddings, "sample_id": index.samples, "reservoir_id": index.reservoirs}
-    metrics = validation_metrics(labels, labels, query_offset=0, k=k)
+    training's validation, at the levels sample, reservoir and :data:`PREFIX_LEVEL` (the original
+    script's: the file stem's first 2 characters); plus ``metadata/…`` errors over the images with known
+    metadata. ``k`` must be at most the ranking length (:func:`usable_k`)."""
+    labels = {
+        "embedding": index.embeddings,
+        "sample_id": index.samples,
+        "reservoir_id": index.reservoirs,
+        f"{PREFIX_LEVEL}_id": prefix_labels(index.paths),
+    }
+    metrics = validation_metrics(labels, labels, query_offset=0, k=k, levels=EVALUATION_LEVELS)
     known = np.isfinite(index.true_porosity) if index.true_porosity is not None else np.zeros(0, bool)
     if index.predicted_porosity is not None and known.any():
         errors = metadata_metrics(
@@ -87,16 +106,28 @@ def evaluate_index(index: RetrievalIndex, k: int = 10) -> dict[str, float]:
 
 
 def summary(index: RetrievalIndex, k: int) -> dict[str, Any]:
-    """What was evaluated: counts of images, samples, reservoirs and images with metadata."""
+    """What was evaluated: counts of images, samples, reservoirs and images with metadata; ``k`` as
+    asked and as used (:func:`usable_k`)."""
     known = 0 if index.true_porosity is None else int(np.isfinite(index.true_porosity).sum())
     return {
         "model": index.model,
-        "k": k,
+        "k": usable_k(len(index), k),
+        "k_requested": k,
+        "levels": list(EVALUATION_LEVELS),
         "n_images": len(index),
         "n_samples": len(np.unique(index.samples)),
         "n_reservoirs": len(np.unique(index.reservoirs)),
         "n_images_with_metadata": known,
     }
+
+
+def seen_in_training(index: RetrievalIndex, train: set[str] | None) -> dict[str, Any] | None:
+    """Which of ``index``'s samples (and how many of its images) are among the ``train`` samples;
+    None when those are unknown."""
+    if train is None:
+        return None
+    seen = np.isin(index.samples, sorted(train))
+    return {"samples": sorted(set(index.samples[seen].tolist())), "n_queries": int(seen.sum())}
 
 
 def evaluate(
@@ -114,13 +145,19 @@ def evaluate(
     """Embeds the database ``db``, writes ``<out>/index/``, ``metrics.json``, ``metrics.md`` and
     ``figures`` retrieval figures, and returns the report written to ``metrics.json``.
 
+    ``k`` is capped at the ranking length (``report["k"]``, the metrics' names use it). When ``db`` is
+    a split-layout root with a ``train/`` split, ``report["seen_in_training"]`` names the evaluated
+    samples that also have slices there (a slice-level split), else it is None.
     Launched as several processes, all embed their share and return the report; process 0 writes.
     """
     out = Path(out)
     table = list_images(db, metadata_csv, split, model.target_spec)
+    usable_k(len(table), k)  # fails before embedding when the database is too small
     index = build_index(model, table, batch_size)
     report = {"db": str(Path(db).absolute()), "split": split} | summary(index, k)
-    report["metrics"] = evaluate_index(index, k)
+    train = training_samples(db, metadata_csv, model.target_spec)
+    report["seen_in_training"] = seen_in_training(index, train)
+    report["metrics"] = evaluate_index(index, report["k"])
     # Every process of a multi-process run holds the same index and metrics; one writes them.
     if jax.process_index() != 0:
         return report

@@ -8,7 +8,10 @@ rank i (1-based) and ``P@i = (Σ_{j≤i} rel_j) / i``:
 
 * precision@k = ``Σ_{i≤k} rel_i / k``
 * AP@k        = ``Σ_{i≤k} P@i · rel_i / min(|R|, k)``   (standard; 1 for a perfect top k)
-* AP@k, original RockIR = ``Σ_{i≤k} P@i · rel_i / k``   (divides by k: < 1 when |R| < k)
+* AP@k, original RockIR = ``Σ_{i ≤ r_k} P@i · rel_i / k``, where ``r_k`` is the rank of the k-th
+  relevant item (the end of the ranking when fewer are found): the precisions at the first k relevant
+  items *wherever they fall in the full ranking*, divided by k (< 1 when |R| < k). This is the
+  original's ``ap_k``; it needs the full ranking.
 * AP          = ``Σ_{i≤M} P@i · rel_i / |R|``   (over the full ranking; relevant items the
   ranking does not reach count as never retrieved)
 * hit rate@k  = ``1 if Σ_{i≤k} rel_i ≥ 1 else 0``   (the paper's "recall@k")
@@ -21,6 +24,7 @@ Queries with no relevant item (|R| = 0) get NaN from every metric normalised by 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -28,13 +32,25 @@ from numpy.typing import ArrayLike
 LEVELS = ("sample", "reservoir")
 """Relevance levels: a hit is relevant when it shows the query's sample, or its reservoir."""
 
+PREFIX_LEVEL = "prefix2"
+"""The original evaluation script's relevance level: the same first two characters of the file stem."""
+
+
+def prefix_labels(paths: ArrayLike, length: int = 2) -> np.ndarray:
+    """The :data:`PREFIX_LEVEL` labels of image paths: ``Path(path).stem[:length]``."""
+    return np.array([Path(str(p)).stem[:length] for p in np.asarray(paths).tolist()], dtype=str)
+
+
 RANKING_METRICS = {
     "map@{k}": ("mAP@{k}", r"mAP@{k} (AP / min(\|R\|, k))"),
     "map": ("mAP", "mAP (full ranking)"),
     "precision@{k}": ("P@{k}", "precision@{k}"),
     "recall@{k}": ("recall@{k}", r"recall@{k} (fraction of \|R\| in top {k})"),
     "hit_rate@{k}": ("hit@{k}", "hit rate@{k} (≥ 1 relevant in top {k}; the paper's recall@k)"),
-    "map@{k}_original": ("AP@{k} original", "AP@{k}, original RockIR (divides by k)"),
+    "map@{k}_original": (
+        "AP@{k} original",
+        "AP@{k}, original RockIR (first k hits anywhere in the ranking, itself at rank 1; divides by k)",
+    ),
 }
 """Every ranking metric's name (``{k}`` the cut-off) → (short label for tables, description)."""
 
@@ -112,9 +128,15 @@ def average_precision_at_k(relevant: ArrayLike, k: int, n_relevant: ArrayLike | 
 
 
 def average_precision_at_k_original(relevant: ArrayLike, k: int) -> np.ndarray:
-    """(Q,) the original RockIR's AP@k, normalised by k (0 where nothing relevant is retrieved)."""
-    rel = _relevance(relevant, k)
-    return _precision_sum(rel[:, :k]) / float(k)
+    """(Q,) the original RockIR's ``ap_k``: the precisions at the first ``k`` relevant items, wherever
+    they fall in the given ranking, summed and divided by k (0 where nothing relevant is retrieved).
+    Pass the full ranking; ``k`` may exceed its length."""
+    rel = _relevance(relevant)
+    if k < 1:
+        raise ValueError(f"k={k} must be at least 1")
+    hits = np.cumsum(rel, axis=1)
+    ranks = np.arange(1, rel.shape[1] + 1, dtype=np.float64)
+    return np.sum(np.where(rel & (hits <= k), hits / ranks, 0.0), axis=1) / float(k)
 
 
 def average_precision(relevant: ArrayLike, n_relevant: ArrayLike | None = None) -> np.ndarray:
@@ -182,7 +204,9 @@ def retrieval_metrics(
         "n_queries", "n_queries_without_relevant"}`` (with the number in place of k). Means are
         over the queries that have at least one relevant item; ``hit_rate@k`` is the paper's
         recall@k (≥ 1 relevant in the top k) and ``recall@k`` the fraction of relevant items
-        retrieved.
+        retrieved. ``map@k_original`` is computed as the original did, on its ranking of the whole
+        database: a query that is a database row is put back at rank 1 (its distance to itself is
+        0), so that ranking holds one more relevant item.
     """
     ranked = np.asarray(ranked_indices)
     if ranked.ndim != 2:
@@ -216,9 +240,15 @@ def retrieval_metrics(
         self_relevant = in_db & (db_lab[np.where(in_db, self_row, 0)] == q_lab)
         n_rel = _label_counts(q_lab, db_lab) - self_relevant
         has = n_rel > 0
+        # The original's ranking: self at rank 1 for a query in the database (padding keeps one shape).
+        original_ranking = np.where(
+            in_db[:, None],
+            np.concatenate([self_relevant[:, None], relevant], axis=1),
+            np.concatenate([relevant, np.zeros_like(relevant[:, :1])], axis=1),
+        )
         per_query = {
             f"map@{k}": average_precision_at_k(relevant, k, n_rel),
-            f"map@{k}_original": average_precision_at_k_original(relevant, k),
+            f"map@{k}_original": average_precision_at_k_original(original_ranking, k),
             "map": average_precision(relevant, n_rel),
             f"precision@{k}": precision_at_k(relevant, k),
             f"hit_rate@{k}": hit_rate_at_k(relevant, k),

@@ -13,29 +13,51 @@ from rockir_jax.images import read_image
 from rockir_jax.retrieval.figures import query_from_index, retrieval_figure
 from rockir_jax.retrieval.index import RetrievalIndex
 from rockir_jax.retrieval.knn import knn
-from rockir_jax.retrieval.metrics import LEVELS, METADATA_METRICS, RANKING_METRICS, metric_key
+from rockir_jax.retrieval.metrics import METADATA_METRICS, PREFIX_LEVEL, RANKING_METRICS, metric_key
 
 FIGURE_IMAGE_SIZE = 224
 """Tiles of the figures are shown at the paper's input size, whatever size the model embeds."""
 
+LEVEL_HEADERS = {"sample": "same sample", "reservoir": "same reservoir", PREFIX_LEVEL: f"same {PREFIX_LEVEL}"}
+
 
 def metrics_markdown(report: Mapping[str, Any]) -> str:
     """The report of :func:`evaluate` as Markdown: a table per relevance level, then metadata."""
-    k, metrics = report["k"], report["metrics"]
+    k, metrics, levels = report["k"], report["metrics"], report["levels"]
     lines = [
         "# Retrieval evaluation",
         "",
         f"- model: `{json.dumps(report['model'])}`",
         f"- database: `{report['db']}` ({report['n_images']} images, {report['n_samples']} samples, "
         f"{report['n_reservoirs']} reservoirs); every image queries all others, itself excluded",
+    ]
+    if report["k_requested"] != k:
+        lines.append(
+            f"- k = {k}, not the requested {report['k_requested']}: the database ranks only "
+            f"{report['n_images'] - 1} other images per query"
+        )
+    seen = report["seen_in_training"]
+    if seen is not None:
+        samples = ", ".join(seen["samples"]) if seen["samples"] else "none"
+        lines.append(
+            f"- queries whose sample also has slices in the database's train/ split: "
+            f"{seen['n_queries']} of {report['n_images']} (samples: {samples})"
+        )
+    lines += [
         "",
-        "| metric | same sample | same reservoir |",
-        "| --- | ---: | ---: |",
+        "| metric | " + " | ".join(LEVEL_HEADERS[level] for level in levels) + " |",
+        "| --- |" + " ---: |" * len(levels),
     ]
     for name, (_, description) in RANKING_METRICS.items():
-        cells = " | ".join(f"{metrics[metric_key(level, name, k)]:.4f}" for level in LEVELS)
+        cells = " | ".join(f"{metrics[metric_key(level, name, k)]:.4f}" for level in levels)
         lines.append(f"| {description.format(k=k)} | {cells} |")
     lines.append("")
+    if PREFIX_LEVEL in levels:
+        lines += [
+            f"`{PREFIX_LEVEL}`: relevant when the file names share their first 2 characters, the "
+            "original RockIR evaluation's relevance.",
+            "",
+        ]
     if any(key.startswith("metadata/") for key in metrics):
         lines += [f"Metadata, over {report['n_images_with_metadata']} images with known values:", ""]
         lines += [f"- {label}: {metrics[f'metadata/{name}']:.4f}" for name, label in METADATA_METRICS.items()]

@@ -29,6 +29,7 @@ from rockir_jax.data.metadata import (
     DataValidationError,
     TargetSpec,
     read_metadata,
+    sample_lookup,
     targets_to_physical,
 )
 from rockir_jax.data.pipeline import normalize
@@ -250,11 +251,11 @@ def query_labels(
     sample is in it; ``pixel_size`` overrides the latter.
     """
     if sample is None:
-        sample = _query_sample(Path(name), () if metadata is None else list(metadata.index))
+        sample = _query_sample(Path(name), () if metadata is None else list(sample_lookup(metadata)))
     table = image_table([(name, sample)], metadata, target_spec)
     if pixel_size is None and np.isfinite(table.pixel_size[0]):
         pixel_size = float(table.pixel_size[0])
-    return sample, str(table.reservoirs[0]), pixel_size
+    return str(table.samples[0]), str(table.reservoirs[0]), pixel_size
 
 
 def search_file(
