@@ -255,3 +255,22 @@ def test_json_report_writes_undefined_numbers_as_null():
 
     parsed = json.loads(json_text(report), parse_constant=reject)
     assert parsed == {"r2": None, "rows": [{"mae": None, "n": 3}], "ok": 0.5}
+
+
+def test_a_database_smaller_than_k_evaluates_at_its_ranking_length(run, rocks, tmp_path, capsys):
+    """The original's own db_test: 9 slices, flat, original naming, no CSV; k=10 is capped at 8."""
+    root, _ = rocks
+    db = tmp_path / "db_test"
+    db.mkdir()
+    sources = sorted((root / "db_test").glob("*.png"))[:9]
+    for i, path in enumerate(sources):
+        shutil.copy(path, db / f"E00{i // 3}M0_slice{i % 3 + 1}.png")
+    evaluate_cli("--workdir", run, "--db", db, "--out", tmp_path / "eval", "-k", "10", "--figures", "0")
+    printed = capsys.readouterr().out
+    assert "note: k = 8 (asked 10)" in printed
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert report["k"] == 8 and report["k_requested"] == 10 and report["n_images"] == 9
+    assert "sample/map@8" in report["metrics"] and "sample/map@10" not in report["metrics"]
+    labels = load_index(tmp_path / "eval" / "index").samples
+    reference = brute_force(load_index(tmp_path / "eval" / "index").embeddings, labels, k=8)
+    assert report["metrics"]["sample/map@8"] == pytest.approx(reference["map@8"], abs=1e-6)

@@ -326,3 +326,15 @@ def test_uneven_global_batch_is_refused(toy_without_val, cache, tmp_path):
     with pytest.raises(ValueError, match="global_batch_size=12 does not divide evenly over 8 devices"):
         config = tiny_config(toy_without_val, cache, global_batch_size=12, num_devices=8)
         train.train_and_evaluate(config, tmp_path)
+
+
+def test_length_in_epochs_of_the_data_set():
+    """The original trains for epochs of len(images) pairs: 1000 epochs of 100 images in batches of 64
+    are ceil(100000 / 64) steps, a checkpoint every 10 epochs ceil(1000 / 64) steps."""
+    config = default.get_config()
+    config.global_batch_size = 64
+    assert train.training_length(config, 100) == (config.num_train_steps, config.checkpoint_every_steps)
+    config.num_epochs, config.checkpoint_every_epochs = 1000, 10
+    assert train.training_length(config, 100) == (1563, 16)
+    config.checkpoint_every_epochs = 0
+    assert train.training_length(config, 100) == (1563, config.checkpoint_every_steps)
