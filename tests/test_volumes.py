@@ -259,3 +259,30 @@ def test_prepared_volumes_train_and_evaluate(tmp_path: Path) -> None:
     meta = pd.read_csv(root / "metadata.csv")
     assert meta["Porosity_source"].str.startswith("computed").all()
     assert meta["Permeability_source"].str.startswith("computed").all()
+
+
+def test_slice_level_split_puts_every_sample_in_every_split(tmp_path: Path) -> None:
+    """--split-by slice: each sample's slices are split (seeded), so every sample is in train, val and
+    db_test, and the data set validates (with a warning) for training."""
+    pytest.importorskip("porespy")
+    from rockir_jax.data.metadata import index_dataset
+
+    vols = tmp_path / "vols"
+    vols.mkdir()
+    for name in ("AAA001", "BBB001"):
+        np.save(vols / f"{name}.npy", grey(bundle(1)))
+    args = ("--volumes", vols, "--voxel-size", 2.0, "--slices", 6, "--image-size", 20, "--split", "4,1,1")
+    run_cli(*args, "--out", tmp_path / "ds", "--split-by", "slice", "--threshold", 100)
+    for name in ("AAA001", "BBB001"):
+        train = sorted(p.name for p in (tmp_path / "ds" / "train" / name).glob("*.png"))
+        val = sorted(p.name for p in (tmp_path / "ds" / "val" / name).glob("*.png"))
+        test = sorted(p.name for p in (tmp_path / "ds" / "db_test").glob(f"{name}_*.png"))
+        assert (len(train), len(val), len(test)) == (4, 1, 1)
+        assert sorted(train + val + test) == sorted(f"{name}_slice{i}.png" for i in range(6))
+    with pytest.warns(UserWarning, match="AAA001 .train.val.db_test."):
+        index = index_dataset(tmp_path / "ds", tmp_path / "ds" / "metadata.csv")
+    assert set(index.splits) == {"train", "val", "db_test"}
+    run_cli(*args, "--out", tmp_path / "again", "--split-by", "slice", "--threshold", 100)
+    assert sorted(p.name for p in (tmp_path / "again" / "db_test").iterdir() if p.suffix == ".png") == sorted(
+        p.name for p in (tmp_path / "ds" / "db_test").iterdir() if p.suffix == ".png"
+    )

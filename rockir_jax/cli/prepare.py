@@ -55,6 +55,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dataset", help="HDF5/NetCDF array to read, when a file holds several")
     parser.add_argument("--reservoir", help="Reservoir of volumes without one in the lab CSV")
     parser.add_argument("--split", default="0.7,0.15,0.15", help="train,val,db_test fractions of the samples")
+    parser.add_argument(
+        "--split-by",
+        choices=("sample", "slice"),
+        default="sample",
+        help="split whole samples (default), or each sample's slices (every sample in every split)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and of random slices")
     args = parser.parse_args(argv)
 
@@ -81,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             dataset=args.dataset,
             reservoir=args.reservoir,
             split_fractions=_numbers(args.split),
+            split_by=args.split_by,
         )
         report = prepare.prepare_dataset(args.volumes, args.out, options, args.lab_csv)
         print(prepare.summary_table(report))

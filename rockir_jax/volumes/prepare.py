@@ -30,7 +30,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -72,8 +72,11 @@ class PrepareOptions:
     dataset: str | None = None
     reservoir: str | None = None
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    split_by: Literal["sample", "slice"] = "sample"
 
     def __post_init__(self) -> None:
+        if self.split_by not in ("sample", "slice"):
+            raise ValueError(f"split_by is 'sample' or 'slice', got {self.split_by!r}")
         if (
             not self.axes
             or any(a not in (0, 1, 2) for a in self.axes)
@@ -93,6 +96,7 @@ class PrepareOptions:
         """The options a volume's slices and properties depend on (not the split)."""
         settings = asdict(self)
         settings.pop("split_fractions")
+        settings.pop("split_by")
         return settings
 
 
@@ -331,8 +335,11 @@ def _permeability(
 # --- the data set ---------------------------------------------------------------------------------
 
 
-def assign_splits(names: Sequence[str], fractions: Sequence[float], seed: int) -> dict[str, str]:
-    """Sample-level split: names shuffled with ``seed``, then counts from ``fractions`` (train, val, db_test).
+def assign_splits(
+    names: Sequence[str], fractions: Sequence[float], seed: int | Sequence[int]
+) -> dict[str, str]:
+    """A split of ``names`` (samples, or one sample's slices): shuffled with ``seed``, then counts from
+    ``fractions`` (train, val, db_test).
 
     Val and db_test get at least one sample when their fraction is positive and a training sample
     remains; train gets the rest.
@@ -352,6 +359,15 @@ def assign_splits(names: Sequence[str], fractions: Sequence[float], seed: int) -
         )
     splits = ["train"] * n_train + ["val"] * counts[0] + ["db_test"] * counts[1]
     return dict(zip(order, splits, strict=True))
+
+
+def file_splits(result: VolumeResult, options: PrepareOptions) -> dict[str, str]:
+    """The split of each of a sample's slice files: its sample's, or with ``split_by="slice"`` a split of
+    the sample's own slices (seeded by ``options.seed`` and the sample's name)."""
+    if options.split_by == "sample":
+        return {file: result.split for file in result.files}
+    seed = (options.seed, zlib.crc32(result.name.encode()))
+    return assign_splits(result.files, options.split_fractions, seed)
 
 
 def metadata_frame(results: Sequence[VolumeResult], reservoir: str | None) -> pd.DataFrame:
@@ -511,7 +527,10 @@ def prepare_dataset(
     usable = [r for r in results.values() if r.status == "ok"]
     if not usable:
         raise ValueError(f"no volume percolates, so no sample has a permeability; {out} not written")
-    splits = assign_splits([r.name for r in usable], options.split_fractions, options.seed)
+    if options.split_by == "slice":
+        splits = {r.name: "slices" for r in usable}
+    else:
+        splits = assign_splits([r.name for r in usable], options.split_fractions, options.seed)
     for result in results.values():
         result.split = splits.get(result.name)
     unchanged = previous.keys() == results.keys() and all(
@@ -536,20 +555,17 @@ def _assemble(
     dataset = partial / "dataset"
     usable = [r for r in results.values() if r.status == "ok"]
     for result in usable:
-        target = sample_folder(dataset, result.split, result.name)
-        target.mkdir(parents=True, exist_ok=True)
-        for file in result.files:
+        for file, split in file_splits(result, options).items():
+            target = sample_folder(dataset, split, result.name)
+            target.mkdir(parents=True, exist_ok=True)
             shutil.copy2(folders[result.name] / file, target / file)
     metadata_frame(usable, options.reservoir).to_csv(
         dataset / "metadata.csv", index=False, float_format="%.10g"
     )
-    contact_sheet(
-        usable,
-        {r.name: sample_folder(dataset, r.split, r.name) for r in usable},
-        dataset / "contact_sheet.png",
-    )
+    contact_sheet(usable, folders, dataset / "contact_sheet.png")
     record = {
-        "options": options.volume_settings() | {"split_fractions": list(options.split_fractions)},
+        "options": options.volume_settings()
+        | {"split_fractions": list(options.split_fractions), "split_by": options.split_by},
         "volumes": {name: asdict(r) for name, r in sorted(results.items())},
     }
     (dataset / RECORD).write_text(json.dumps(record, indent=1, default=str) + "\n")
