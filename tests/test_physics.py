@@ -12,9 +12,11 @@ import pytest
 
 from rockir_jax.physics import (
     MILLIDARCY_M2,
+    MIN_PHASE_CONTRAST,
     Segmentation,
     otsu_threshold,
     permeability_voxel2,
+    phase_contrast,
     porosity,
     spanning_pores,
     specific_surface,
@@ -181,3 +183,14 @@ def test_impermeable_volumes_give_zero() -> None:
     dead_end = np.zeros((32, 32, 32), dtype=bool)
     dead_end[:20, 10:20, 10:20] = True
     assert permeability_voxel2(dead_end) == 0.0
+
+
+def test_phase_contrast_tells_two_phases_from_the_noise_of_one() -> None:
+    rng = np.random.default_rng(0)
+    noise = rng.normal(100.0, 5.0, 200_000)
+    # One phase split at its mean: half-normal means ±σ·sqrt(2/π), within-class std σ·sqrt(1 − 2/π).
+    one_phase = 2 * np.sqrt(2 / np.pi) / np.sqrt(1 - 2 / np.pi)
+    assert phase_contrast(noise, 100.0) == pytest.approx(one_phase, rel=0.02)
+    assert phase_contrast(noise, otsu_threshold(noise)) < MIN_PHASE_CONTRAST
+    two_phases = np.concatenate([rng.normal(60.0, 5.0, 20_000), rng.normal(160.0, 5.0, 180_000)])
+    assert phase_contrast(two_phases, otsu_threshold(two_phases)) == pytest.approx(100 / 5, rel=0.02)

@@ -212,6 +212,11 @@ def test_bad_inputs_write_nothing_and_reruns_reuse_finished_volumes(tmp_path: Pa
     assert "solid.npy: the volume is all solid with threshold threshold 100, dark pores" in err
     assert not out.exists() and (tmp_path / "ds.partial" / "volumes" / "good" / "result.json").is_file()
 
+    # With Otsu (the default), a noisy one-phase volume has no two phases to find.
+    with pytest.raises(SystemExit):
+        run_cli("--volumes", vols / "solid.npy", "--out", out, "--voxel-size", 1.0, "--slices", 2)
+    assert "solid.npy: no pore and solid phases to tell apart" in capsys.readouterr().err
+
     (vols / "solid.npy").unlink()
     lab = tmp_path / "lab.csv"
     lab.write_text("Created_label,Porosity\ngood,0.1\nmissing,0.2\n")

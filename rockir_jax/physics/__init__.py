@@ -13,13 +13,20 @@ from rockir_jax.physics.flow import (
     voxel2_to_millidarcy,
 )
 from rockir_jax.physics.properties import porosity, spanning_pores, specific_surface
-from rockir_jax.physics.segmentation import Segmentation, otsu_threshold
+from rockir_jax.physics.segmentation import (
+    MIN_PHASE_CONTRAST,
+    Segmentation,
+    otsu_threshold,
+    phase_contrast,
+)
 
 __all__ = [
     "MILLIDARCY_M2",
+    "MIN_PHASE_CONTRAST",
     "Segmentation",
     "otsu_threshold",
     "permeability_voxel2",
+    "phase_contrast",
     "porosity",
     "quiet_network_tools",
     "spanning_pores",

@@ -43,6 +43,22 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[1 + int(np.argmax(between))])
 
 
+MIN_PHASE_CONTRAST = 4.0
+"""Two phases' mean grey levels must differ by this many within-phase standard deviations: Otsu's
+threshold splits the noise of a one-phase volume into classes only about 2.7 apart."""
+
+
+def phase_contrast(values: np.ndarray, threshold: float) -> float:
+    """``|mean above − mean below| / pooled within-class standard deviation`` of ``values`` split at
+    ``threshold``: large for a pore and a solid phase, small (≈ 2.7 for Gaussian noise) for one phase."""
+    values = np.asarray(values, np.float64).ravel()
+    below, above = values[values <= threshold], values[values > threshold]
+    if below.size == 0 or above.size == 0:
+        return 0.0
+    within = (below.var() * below.size + above.var() * above.size) / values.size
+    return float(abs(above.mean() - below.mean()) / max(np.sqrt(within), 1e-12))
+
+
 @dataclass(frozen=True)
 class Segmentation:
     """How pore voxels are told from solid ones.

@@ -37,7 +37,14 @@ import pandas as pd
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from rockir_jax.physics import Segmentation, permeability_voxel2, quiet_network_tools, voxel2_to_millidarcy
+from rockir_jax.physics import (
+    MIN_PHASE_CONTRAST,
+    Segmentation,
+    permeability_voxel2,
+    phase_contrast,
+    quiet_network_tools,
+    voxel2_to_millidarcy,
+)
 from rockir_jax.volumes.layout import sample_folder, slice_filename
 from rockir_jax.volumes.readers import RawSpec, Volume, VolumeError, find_volumes, open_volume, sample_name
 from rockir_jax.volumes.slicing import (
@@ -268,6 +275,13 @@ def prepare_volume(
         if needs_porosity or needs_permeability:
             seg = options.segmentation
             threshold = seg.threshold(sample)
+            contrast = phase_contrast(sample, threshold) if seg.method == "otsu" else np.inf
+            if contrast < MIN_PHASE_CONTRAST:
+                raise VolumeError(
+                    f"{path}: no pore and solid phases to tell apart (Otsu's classes are {contrast:.1f} "
+                    f"within-class standard deviations apart, less than {MIN_PHASE_CONTRAST:g}): a volume "
+                    "of one phase? Give --threshold or --pore-label"
+                )
             with _stage(name, "porosity", volume.shape[0], "plane") as bar:
                 fraction = _pore_fraction(volume, seg, threshold, bar)
             how = seg.describe(threshold)
