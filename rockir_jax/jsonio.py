@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 
@@ -30,3 +31,17 @@ def json_text(report: Any) -> str:
 def json_line(record: Any) -> str:
     """``record`` as one line of strict JSON (a JSON-lines record)."""
     return json.dumps(finite(record), allow_nan=False) + "\n"
+
+
+def read_versioned(path: Path, file_format: str, version: int) -> dict[str, Any]:
+    """The JSON object in ``path``, checked to be a ``file_format`` file of ``version``; every problem is
+    a ValueError naming the file."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from err
+    if not isinstance(record, dict) or record.get("format") != file_format:
+        raise ValueError(f"{path}: not a {file_format} file")
+    if record.get("version") != version:
+        raise ValueError(f"{path}: version {record.get('version')}, expected {version}")
+    return record

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from rockir_jax.jsonio import read_versioned
+
 FORMAT = "rockir_jax.retrieval_index"
 VERSION = 1
 ARRAYS_FILE = "arrays.npz"
@@ -154,14 +156,7 @@ def load_index(path: str | os.PathLike) -> RetrievalIndex:
     for required in (meta_path, arrays_path):
         if not required.is_file():
             raise FileNotFoundError(f"retrieval index file missing: {required}")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"corrupt retrieval index metadata {meta_path}: {e}") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path} is not a {FORMAT} file")
-    if meta.get("version") != VERSION:
-        raise ValueError(f"{meta_path}: index version {meta.get('version')}, expected {VERSION}")
+    meta = read_versioned(meta_path, FORMAT, VERSION)
     if _sha256(arrays_path) != meta.get("arrays_sha256"):
         raise ValueError(f"corrupt retrieval index arrays {arrays_path}: checksum mismatch")
     names = ["embeddings", *_STRINGS, *meta["optional_arrays"]]

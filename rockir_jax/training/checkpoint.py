@@ -29,6 +29,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from rockir_jax import sharding
 from rockir_jax.configuration import load_config
+from rockir_jax.jsonio import read_versioned
 from rockir_jax.models import resnet_params
 from rockir_jax.training.step import TrainState
 
@@ -204,14 +205,7 @@ def read_model_dir(model_dir: str | Path) -> tuple[dict[str, Any], ml_collection
     manifest_path = model_dir / MODEL_FILE
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path}: no such file (export a model with rockir-export)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{manifest_path}: not valid JSON: {err}") from err
-    if not isinstance(manifest, dict) or manifest.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{manifest_path}: not a {MODEL_FORMAT} file")
-    if manifest.get("version") != MODEL_VERSION:
-        raise ValueError(f"{manifest_path}: version {manifest.get('version')}, expected {MODEL_VERSION}")
+    manifest = read_versioned(manifest_path, MODEL_FORMAT, MODEL_VERSION)
     config = load_config(model_dir / CONFIG_FILE)
     for key in ("model", "backbone", "image_size"):
         if manifest.get(key) != config.get(key):
