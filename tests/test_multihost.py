@@ -193,7 +193,7 @@ def test_a_bad_data_set_is_reported_once_and_every_process_exits(environment, tm
 
 def test_two_processes_evaluate_like_one(environment, tmp_path):
     csv = make_rocks(tmp_path / "rocks", samples_per_reservoir=3)
-    db = tmp_path / "rocks" / "train"
+    db = tmp_path / "rocks"
     command = [
         sys.executable,
         "-m",
@@ -202,6 +202,7 @@ def test_two_processes_evaluate_like_one(environment, tmp_path):
         "--backbone=resnet18",
         "--image-size=32",
         f"--db={db}",
+        "--split=train",
         f"--metadata={csv}",
         "--batch-size=8",
         "--figures=1",

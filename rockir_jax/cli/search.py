@@ -43,12 +43,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         index = search.open_database(model, args.db, args.metadata, args.split, args.batch_size)
         searcher = search.Searcher(model, index, max_hits=args.k)
         result = search.search_file(searcher, args.query, args.k, args.metadata, args.pixel_size)
-        if jax.process_index() != 0:  # launched as several processes: all found the same, one reports
+        # Ranking is a collective over every process's devices: all rank, then one reports.
+        ranking = searcher.ranking(result) if args.figure is not None else None
+        if jax.process_index() != 0:
             return
         print(search.report(result, index, model, args.perm_unit))
         if args.figure is not None:
             image = read_image(args.query, FIGURE_IMAGE_SIZE)
-            figure = search.write_query_figure(args.figure, result, image, searcher, args.perm_unit)
+            figure = search.write_query_figure(
+                args.figure, result, image, searcher, args.perm_unit, ranking=ranking
+            )
             print(f"figure: {figure}")
 
     common.run(body, verbose=args.verbose)

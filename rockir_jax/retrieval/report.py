@@ -7,8 +7,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
+from rockir_jax import sharding
 from rockir_jax.images import read_image
 from rockir_jax.retrieval.figures import query_from_index, retrieval_figure
 from rockir_jax.retrieval.index import RetrievalIndex
@@ -82,7 +84,11 @@ def write_figures(
     rows = np.asarray(rows, np.int32)
     if len(rows) == 0:
         return []
-    _, rankings = knn(index.embeddings[rows], index.embeddings, len(index) - 1, exclude_indices=rows)
+    # Figures are one process's work: its own devices rank, no other process takes part.
+    local = sharding.make_mesh(jax.local_devices())
+    _, rankings = knn(
+        index.embeddings[rows], index.embeddings, len(index) - 1, exclude_indices=rows, mesh=local
+    )
     load = lambda row: read_image(index.paths[row], FIGURE_IMAGE_SIZE)
     paths = []
     for row, ranking in zip(rows, rankings, strict=True):

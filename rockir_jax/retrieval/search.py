@@ -329,9 +329,11 @@ def write_query_figure(
     image: np.ndarray,
     searcher: Searcher,
     perm_unit: str = "",
+    ranking: np.ndarray | None = None,
 ) -> Path | BinaryIO:
     """The 3x3 retrieval figure of the query (``image``, any size) against the whole database, as a
-    PNG at ``path`` (a path or a binary file object)."""
+    PNG at ``path`` (a path or a binary file object); ``ranking`` is :meth:`Searcher.ranking`'s, when
+    already computed (by every process of a multi-process job, where ranking is a collective)."""
     predicted = predicted_metadata(result, searcher.model)
     title = f"query: {result.sample}"
     if predicted is not None:
@@ -341,4 +343,6 @@ def write_query_figure(
     query = Query(image=image, sample=result.sample, reservoir=result.reservoir, title=title)
     index = searcher.index
     load = lambda row: read_image(index.paths[row], FIGURE_IMAGE_SIZE)
-    return retrieval_figure(path, query, searcher.ranking(result), index, load, perm_unit=perm_unit)
+    if ranking is None:
+        ranking = searcher.ranking(result)
+    return retrieval_figure(path, query, ranking, index, load, perm_unit=perm_unit)
