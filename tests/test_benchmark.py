@@ -90,7 +90,11 @@ def test_pytorch_reference_trains_in_bfloat16_autocast():
     after = list(model.parameters())
     assert all(p.dtype == torch.float32 for p in after)
     assert all(torch.isfinite(p).all() for p in after)
-    assert sum(not torch.equal(a, b) for a, b in zip(after, before, strict=True)) == len(before)
+    # Every parameter with a gradient moved (a gate ReLU that is off for the whole batch leaves its
+    # layer's gradient at zero, and weight decay alone is below float32's resolution).
+    changed = [not torch.equal(a, b) for a, b in zip(after, before, strict=True)]
+    has_gradient = [p.grad is not None and bool(p.grad.abs().sum() > 0) for p in after]
+    assert changed == has_gradient and sum(changed) > 0.9 * len(before)
 
 
 @pytest.mark.skipif(not HAS_FAISS, reason="faiss not installed")
