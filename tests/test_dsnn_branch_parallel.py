@@ -45,7 +45,7 @@ def _one_step(model, variables, layout, tx):
     train_step = layout.train_step(model, losses.dsnn_loss)
     # Some batches put a ReLU input or a max-pool tie within float32 rounding, where any change of
     # summation order (8 data-parallel devices too) flips a few gradient elements; this one does not.
-    batch = pair_batch(GLOBAL_BATCH, IMAGE_SIZE, seed=7)
+    batch = pair_batch(GLOBAL_BATCH, IMAGE_SIZE, seed=11)
     state, metrics = train_step(state, layout.shard_batch(batch))
     return jax.device_get((layout.canonical(state), metrics))
 
