@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rockir_jax.models import resnet
+from rockir_jax.models import resnet, torch_init
 from rockir_jax.models.resnet import WinogradConv3x3
 from rockir_jax.models.winograd import MIN_CHANNELS, conv3x3, use_winograd
 
@@ -88,7 +88,9 @@ def test_parameters_do_not_depend_on_the_algorithm():
     }
     assert shapes["direct"] == shapes["winograd"]
     x = jnp.zeros((1, 8, 8, 16))
-    direct = nn.Conv(32, (3, 3), padding=1, use_bias=False).init(jax.random.key(3), x)
+    # The direct convolution as the ResNet builds it (torchvision's initialisation).
+    conv = nn.Conv(32, (3, 3), padding=1, use_bias=False, kernel_init=torch_init.conv_kernel_init)
+    direct = conv.init(jax.random.key(3), x)
     np.testing.assert_array_equal(
         WinogradConv3x3(32).init(jax.random.key(3), x)["params"]["kernel"], direct["params"]["kernel"]
     )
