@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -622,7 +623,10 @@ def serve_rows(config: BenchConfig) -> list[Row]:
     index of :attr:`BenchConfig.serve_database` random embeddings, embedded by a randomly initialised
     DSNN at the first image size; one client, then :attr:`BenchConfig.serve_clients` at once.
     Medians (p50) in ms, p95 in the note."""
-    from starlette.testclient import TestClient
+    with warnings.catch_warnings():
+        # Starlette's in-process client still runs on httpx; the requests go through the same ASGI app.
+        warnings.filterwarnings("ignore", message=".*httpx")
+        from starlette.testclient import TestClient
 
     from rockir_jax.retrieval import RetrievalIndex
     from rockir_jax.retrieval.loading import LoadedModel
