@@ -39,9 +39,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.metadata = "datasets/synthetic_rocks/metadata.csv"
     config.data.cache_dir = "~/.cache/rockir_jax"
     config.data.num_workers = 0  # grain worker processes for the training pairs
-    # processes decoding images into the cache (0 = one per core); each worker re-imports the
-    # command's __main__ when it starts, which costs more than it saves on small data sets
-    config.data.prepare_workers = 1
+    # processes decoding, serialising and compressing the image cache's shards (0 = one per core)
+    config.data.prepare_workers = 0
     config.data.extra_targets = ()  # further numeric CSV columns to regress
     # Refuse a sample with slices in several splits (default: allowed, with a warning).
     config.data.disjoint_samples = False

@@ -71,7 +71,7 @@ def _prepare_data(config: ml_collections.ConfigDict) -> dict[str, data.SplitSour
         extra_targets=tuple(config.data.extra_targets),
         disjoint_samples=config.data.disjoint_samples,
     )
-    workers = config.data.get("prepare_workers", 1) or runtime.cpu_count()
+    workers = config.data.get("prepare_workers", 0) or runtime.cpu_count()
     cache = data.prepare(index, config.image_size, config.data.cache_dir, workers=workers)
     return {split: data.load_split(cache, split) for split in ("train", "val") if index.splits.get(split)}
 

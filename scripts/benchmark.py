@@ -43,8 +43,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     parser.add_argument("--no-faiss", action="store_true", help="skip the FAISS reference")
     parser.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before JAX starts")
-    parser.add_argument(
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument(
         "--serve", action="store_true", help="only the search page's request latency (p50, p95)"
+    )
+    only.add_argument(
+        "--cache", action="store_true", help="only the image cache's build rate against worker processes"
     )
     parser.add_argument("--out", help="Markdown file to append the run to (e.g. docs/BENCHMARKS.md)")
     return parser.parse_args(argv)
@@ -83,7 +87,12 @@ def main(argv: list[str]) -> None:
     overrides |= {"torch": not args.no_torch, "faiss": not args.no_faiss}
     config = (benchmark.full_config if args.full else benchmark.quick_config)(**overrides)
     start = time.perf_counter()
-    rows = benchmark.serve_rows(config) if args.serve else benchmark.run(config)
+    if args.serve:
+        rows = benchmark.serve_rows(config)
+    elif args.cache:
+        rows = [row for size in config.image_sizes for row in benchmark.cache_rows(config, size)]
+    else:
+        rows = benchmark.run(config)
     info = benchmark.machine_info()
     command = shlex.join(["python", "scripts/benchmark.py", *argv])
     report = benchmark.format_report(rows, info, command, time.perf_counter() - start)

@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
+from PIL import Image
 
 from rockir_jax import data, runtime, sharding
 from rockir_jax.models import build_model
@@ -84,8 +85,11 @@ class BenchConfig:
     embed_batch: int = 32
     pipeline_batches: int = 20
     pipeline_workers: tuple[int, ...] = (0, 2)
-    cache_workers: tuple[int, ...] = (1, 2)
-    """worker processes of the cache-build rows; the first is their reference."""
+    cache_workers: tuple[int, ...] = ()
+    """worker processes of the cache-build rows, the first their reference (default 1, 2, 4, … cores)."""
+    cache_slices: int = 4096
+    cache_slice_size: int = 256
+    """the generated micro-CT slices of the cache-build rows: how many, and their side."""
     cache_repeats: int = 3
     data_root: str = str(SCRIPTS.parent / "datasets" / "synthetic_rocks")
     peak_tflops: float | None = None
@@ -580,39 +584,69 @@ def pipeline_rows(config: BenchConfig, image_size: int, step_pairs_per_s: float)
     return rows
 
 
+def write_ct_slices(root: Path, slices: int, size: int, seed: int) -> Path:
+    """``slices`` smooth 16-bit ``size``² TIFF slices in the training layout (32 per sample), as
+    micro-CT scanners write them, and their CSV; returns the CSV."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for number in range(0, slices, 32):
+        sample = f"CT{number // 32:04d}"
+        folder = root / "train" / sample
+        folder.mkdir(parents=True)
+        for k in range(min(32, slices - number)):
+            coarse = Image.fromarray(rng.random((size // 8, size // 8), dtype=np.float32) * 65535)
+            pixels = np.asarray(coarse.resize((size, size), Image.BILINEAR)).astype(np.uint16)
+            Image.fromarray(pixels).save(folder / f"{sample}_{k:03d}.tif")
+        rows.append(f"{sample},0.2,100.0,1.0")
+    csv = root / "metadata.csv"
+    csv.write_text("Created_label,Porosity,Permeability,Pixelsize\n" + "\n".join(rows) + "\n")
+    return csv
+
+
 def cache_rows(config: BenchConfig, image_size: int) -> list[Row]:
-    """Cache-build images/s with each worker count (fresh builds, interleaved), against the first."""
-    root = Path(config.data_root)
-    index = data.index_dataset(root, root / "metadata.csv")
-    images = sum(len(table) for table in index.splits.values())
-    with tempfile.TemporaryDirectory(prefix="rockir_bench_cache_") as cache:
+    """Cache-build images/s with each worker count (fresh builds, interleaved), against the first:
+    on the bundled PNGs and on :attr:`BenchConfig.cache_slices` generated 16-bit TIFF slices."""
+    with tempfile.TemporaryDirectory(prefix="rockir_bench_cache_") as scratch:
+        scratch = Path(scratch)
+        bundled = Path(config.data_root)
+        size = config.cache_slice_size
+        sources = {
+            "bundled 128² PNG": data.index_dataset(bundled, bundled / "metadata.csv"),
+            f"{size}² 16-bit TIFF": data.index_dataset(
+                scratch / "ct", write_ct_slices(scratch / "ct", config.cache_slices, size, config.seed)
+            ),
+        }
         builds = iter(range(10**9))  # every trial builds into a new directory: no cache hit
-
-        def build(workers: int) -> Callable[[], Path]:
-            return lambda: data.prepare(index, image_size, Path(cache) / str(next(builds)), workers=workers)
-
-        # Rounds alternate between worker counts, like interleaved_times, but the warm-up (the first
-        # pool starts the worker processes' fork server) runs alone: concurrent builds share TFDS state.
-        build(max(config.cache_workers))()
-        times: dict[int, list[float]] = {w: [] for w in config.cache_workers}
-        for _ in range(config.cache_repeats):
-            for w in config.cache_workers:
-                start = time.perf_counter()
-                build(w)()
-                times[w].append(time.perf_counter() - start)
-    rates = {w: images / median(t) for w, t in times.items()}
-    first = config.cache_workers[0]
-    return [
-        Row(
-            "cache build",
-            f"{image_size}², {images} images, {w} worker{'s' if w > 1 else ''}",
-            rate,
-            "images/s",
-            f"{first} worker{'s' if first > 1 else ''}",
-            rates[first],
+        workers = config.cache_workers or tuple(
+            w for w in (1, 2, 4, 8, 16, 32, 64) if w <= runtime.cpu_count()
         )
-        for w, rate in rates.items()
-    ]
+        rows = []
+        for name, index in sources.items():
+
+            def build(count: int, index: data.DatasetIndex = index) -> Path:
+                return data.prepare(index, image_size, scratch / str(next(builds)), workers=count)
+
+            images = sum(len(table) for table in index.splits.values())
+            build(max(workers))  # warm-up: starts the workers' fork server and fills the page cache
+            times: dict[int, list[float]] = {w: [] for w in workers}
+            for _ in range(config.cache_repeats):  # rounds alternate between worker counts
+                for w in workers:
+                    start = time.perf_counter()
+                    build(w)
+                    times[w].append(time.perf_counter() - start)
+            rates = {w: images / median(t) for w, t in times.items()}
+            rows += [
+                Row(
+                    "cache build",
+                    f"{name} → {image_size}², {images} images, {w} worker{'s' if w > 1 else ''}",
+                    rate,
+                    "images/s",
+                    f"{workers[0]} worker",
+                    rates[workers[0]],
+                )
+                for w, rate in rates.items()
+            ]
+    return rows
 
 
 # ------------------------------------------------------------------------------------------- serve

@@ -26,6 +26,8 @@ def rows():
         pipeline_workers=(0,),
         cache_workers=(1, 2),
         cache_repeats=1,
+        cache_slices=40,
+        cache_slice_size=48,
         num_devices=2,
     )
     return benchmark.run(config)
@@ -37,8 +39,10 @@ def test_rows_cover_every_benchmark(rows):
         ("train step", "32²"),
         ("embed", "32²"),
         ("pipeline", "32²"),
-        ("cache build", "32²"),
-        ("cache build", "32²"),
+        ("cache build", "bundled 128² PNG → 32²"),
+        ("cache build", "bundled 128² PNG → 32²"),
+        ("cache build", "48² 16-bit TIFF → 32²"),
+        ("cache build", "48² 16-bit TIFF → 32²"),
         ("search", "10 queries"),
         ("search", "1 queries"),
     ]
@@ -50,8 +54,10 @@ def test_rows_cover_every_benchmark(rows):
     assert {r.unit for r in rows} == {"pairs/s", "images/s", "queries/s"}
     pipeline = rows[3]
     assert pipeline.reference_value == rows[0].ours
-    assert [r.setting.split(", ")[-1] for r in rows[4:6]] == ["1 worker", "2 workers"]
+    assert [r.setting.split(", ")[-1] for r in rows[4:8]] == ["1 worker", "2 workers"] * 2
     assert rows[4].reference_value == rows[5].reference_value == rows[4].ours
+    assert rows[6].reference_value == rows[7].reference_value == rows[6].ours
+    assert rows[6].setting.split(", ")[1] == "40 images"
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")
@@ -99,7 +105,7 @@ def test_pytorch_reference_trains_in_bfloat16_autocast():
 
 @pytest.mark.skipif(not HAS_FAISS, reason="faiss not installed")
 def test_search_top_k_sets_match_faiss(rows):
-    for row in rows[6:]:
+    for row in rows[8:]:
         assert row.reference.startswith("FAISS best")
         assert row.agreement == 1.0
 

@@ -153,3 +153,31 @@ import fcntl, sys, time, pathlib
 lock = pathlib.Path(sys.argv[1]); lock.parent.mkdir(parents=True, exist_ok=True)
 f = lock.open("a"); fcntl.flock(f, fcntl.LOCK_EX); print("locked", flush=True); time.sleep(600)
 """
+
+
+UNGUARDED_SCRIPT = """
+import sys
+from rockir_jax.data.metadata import index_dataset
+from rockir_jax.data.tfds_builder import prepare
+print("top level ran", flush=True)
+index = index_dataset(sys.argv[1], sys.argv[1] + "/metadata.csv")
+prepare(index, 24, sys.argv[2], workers=2)
+"""
+
+
+def test_worker_processes_do_not_rerun_the_callers_script(tmp_path):
+    # spawn and forkserver re-run __main__ in every worker unless told not to: a script without an
+    # `if __name__ == "__main__"` guard would build again in each worker, and JAX commands would
+    # import JAX in each.
+    layout = {"train": {"AAA001": 40, "BBB001": 30}}
+    make_dataset(tmp_path / "data", layout)
+    script = tmp_path / "build.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    run = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "data"), str(tmp_path / "cache")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("top level ran") == 1
+    (built,) = (tmp_path / "cache").glob("24px-*/rockir_images/1.0.0")
+    assert len(list(built.glob("*.array_record-*"))) == 3  # 70 images in shards of 32: both workers wrote

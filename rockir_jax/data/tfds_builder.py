@@ -2,8 +2,9 @@
 
 :func:`prepare` decodes and resizes every image once and writes one TFDS split per data split with
 features ``image`` uint8 ``(S, S, 3)`` (stored as raw bytes), ``sample_id`` int32, ``reservoir_id``
-int32, ``targets`` float32 ``(T,)`` and ``index`` int32 (the row in the split's table). Decoding and
-resizing run in ``workers`` processes, in order, so the files are the same for any worker count.
+int32, ``targets`` float32 ``(T,)`` and ``index`` int32 (the row in the split's table), in table
+order. Each split is cut into shards whose bounds depend only on its length; ``workers`` processes
+each decode, serialise and compress whole shards, so the files are the same for any worker count.
 The dataset lives under::
 
     <cache_dir>/<S>px-<fingerprint>/rockir_images/1.0.0/
@@ -15,162 +16,51 @@ directory (a rebuild), otherwise the existing one is reused. Beside the TFDS fil
 but this directory. Old directories are not deleted.
 
 Reading (:func:`load_split`) goes through
-``tfds.builder_from_directory(...).as_data_source(split)``; nothing here needs TensorFlow. The
-builder class lives in this importable module because grain worker processes re-import it (a
-builder defined in ``__main__`` fails there as "already registered").
+``tfds.builder_from_directory(...).as_data_source(split)``; nothing here needs TensorFlow.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import fcntl
 import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import os
+import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
-from tensorflow_datasets.core.utils import tqdm_utils
 from tqdm.auto import tqdm
 
 from rockir_jax.data.metadata import DatasetIndex
 from rockir_jax.data.sources import SplitSource
-from rockir_jax.images import read_image, read_images
+from rockir_jax.records import Shard, features, write_shards
 
 # Bump when the stored layout, the image decoding or the CSV's interpretation changes, so old caches
 # are not reused.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 TABLES_FILE = "rockir_tables.json"
-# Images per worker task: large enough to amortise the round trip between processes.
-_CHUNK = 32
+DATASET_NAME = "rockir_images"
+DATASET_VERSION = "1.0.0"
+FILE_FORMAT = "array_record"
+# Shards per split when it is long enough, within these sizes: enough shards to keep every core busy,
+# few enough files to keep them all open while training reads at random.
+_SHARDS_PER_SPLIT = 64
+_MIN_SHARD, _MAX_SHARD = 32, 4096
 
 log = logging.getLogger(__name__)
 
-Decoder = Callable[[Sequence[str]], Iterable[np.ndarray]]
-"""Image paths -> their decoded, resized images, in order."""
 
-
-class RockirImages(tfds.core.GeneratorBasedBuilder):
-    """Decoded, resized rock images of a :class:`DatasetIndex`, one TFDS split per data split."""
-
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES: ClassVar[dict[str, str]] = {
-        "1.0.0": "Decoded uint8 images, sample/reservoir ids, regression targets."
-    }
-    # Nothing is downloaded, so there are no URL checksums to look up. Looking them up goes through
-    # `code_path`, which imports `importlib_resources`, a package TFDS 4.9.x only declares for
-    # Python < 3.9 (tensorflow/datasets#11212).
-    url_infos = None
-
-    def __init__(self, *, index: DatasetIndex, image_size: int, **kwargs: Any):
-        # _info() runs inside the base constructor, so these must exist first.
-        self._index = index
-        self._image_size = image_size
-        self._decode: Decoder = lambda paths: (read_image(path, image_size) for path in paths)
-        self._progress: tqdm | None = None
-        super().__init__(file_format="array_record", **kwargs)
-
-    def build(self, decode: Decoder, progress: tqdm) -> None:
-        """Writes the dataset, images from ``decode``, one ``progress`` update per image."""
-        self._decode, self._progress = decode, progress
-        self.download_and_prepare()
-
-    # TFDS prints a "Downloading and preparing dataset Unknown size…" line before a build and a
-    # "downloaded and prepared" one after; prepare() says what happens in its own words.
-    def _log_download_bytes(self) -> None:
-        pass
-
-    def _log_download_done(self) -> None:
-        pass
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        size = self._image_size
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(
-                {
-                    # Raw bytes: the default encoding stores every pixel as an int64, and converting
-                    # to that took ten times longer than decoding the PNG.
-                    "image": tfds.features.Tensor(
-                        shape=(size, size, 3), dtype=np.uint8, encoding=tfds.features.Encoding.BYTES
-                    ),
-                    "sample_id": tfds.features.Scalar(dtype=np.int32),
-                    "reservoir_id": tfds.features.Scalar(dtype=np.int32),
-                    "targets": tfds.features.Tensor(shape=(len(self._index.target_names),), dtype=np.float32),
-                    "index": tfds.features.Scalar(dtype=np.int32),
-                }
-            ),
-            description="RockIR images materialised by rockir_jax.data.tfds_builder.",
-            # Record i must be row i of the split table: the pair sampler indexes both together.
-            disable_shuffling=True,
-        )
-
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
-        del dl_manager  # the source is local and already validated
-        return {split: self._generate_examples(split) for split in self._index.splits}
-
-    def _generate_examples(self, split: str) -> Iterator[tuple[int, dict[str, Any]]]:
-        table = self._index.splits[split]
-        for i, image in enumerate(self._decode(table.paths)):
-            if self._progress is not None:
-                self._progress.update()
-            yield (
-                i,
-                {
-                    "image": image,
-                    "sample_id": table.sample_ids[i],
-                    "reservoir_id": table.reservoir_ids[i],
-                    "targets": table.targets[i],
-                    "index": np.int32(i),
-                },
-            )
-
-
-def _in_order(pool: Executor, workers: int, image_size: int, paths: Sequence[str]) -> Iterator[np.ndarray]:
-    """``paths``' images in order, chunks decoded ahead in the pool; at most ``4 * workers`` chunks
-    wait in memory, however far the writer falls behind."""
-    pending: collections.deque = collections.deque()
-    for start in range(0, len(paths), _CHUNK):
-        pending.append(pool.submit(read_images, paths[start : start + _CHUNK], image_size))
-        if len(pending) >= 4 * workers:
-            yield from pending.popleft().result()
-    while pending:
-        yield from pending.popleft().result()
-
-
-@contextlib.contextmanager
-def _decoder(image_size: int, workers: int) -> Iterator[Decoder]:
-    """Decodes in this process (``workers == 1``) or in a pool of ``workers`` processes."""
-    if workers <= 1:
-        yield lambda paths: (read_image(path, image_size) for path in paths)
-        return
-    # Not fork: the parent may run JAX's threads. The fork server preloads only rockir_jax.images
-    # (numpy and Pillow); each worker still re-imports the parent's __main__ when it starts.
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    if "forkserver" in methods:
-        context.set_forkserver_preload([read_images.__module__])
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        yield lambda paths: _in_order(pool, workers, image_size, paths)
-
-
-@contextlib.contextmanager
-def _only_our_progress_bar() -> Iterator[None]:
-    """Silences TFDS's bars (no totals, interleaved with ours), then restores the user's choice."""
-    was_active = getattr(tqdm_utils, "_active", True)
-    tfds.display_progress_bar(False)
-    try:
-        yield
-    finally:
-        tfds.display_progress_bar(was_active)
+def shard_bounds(length: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` rows of each shard of a split of ``length`` rows (none for an empty split)."""
+    size = min(_MAX_SHARD, max(_MIN_SHARD, math.ceil(length / _SHARDS_PER_SPLIT)))
+    return [(start, min(start + size, length)) for start in range(0, length, size)]
 
 
 def fingerprint(index: DatasetIndex, image_size: int) -> str:
@@ -234,49 +124,91 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
 def prepare(index: DatasetIndex, image_size: int, cache_dir: str | Path, workers: int = 1) -> Path:
     """Builds the ArrayRecord dataset once and returns its directory (for :func:`load_split`).
 
-    Reuses the directory when the fingerprint matches. A build decodes and resizes in ``workers``
-    processes (fewer for a small data set: each gets at least one chunk of images) and shows a
-    progress bar with the images per second; the files do not depend on ``workers``. Safe to call
-    from many processes at once, on one host or on hosts sharing ``cache_dir``: one builds while the
-    others wait on a lock beside the dataset, then find it complete.
+    Reuses the directory when the fingerprint matches. A build decodes, resizes, serialises and
+    compresses in ``workers`` processes (at most one per shard) and shows a progress bar with the
+    images per second; the files do not depend on ``workers``. Safe to call from many processes at
+    once, on one host or on hosts sharing ``cache_dir``: one builds while the others wait on a lock
+    beside the dataset, then find it complete.
     """
     key = fingerprint(index, image_size)
     data_dir = Path(cache_dir) / f"{image_size}px-{key[:16]}"
-    builder = RockirImages(index=index, image_size=image_size, data_dir=data_dir)
-    path = Path(builder.data_dir)
+    path = data_dir / DATASET_NAME / DATASET_VERSION
     tables = path / TABLES_FILE
     if tables.exists():  # written last: the dataset is complete
         return path
     with _exclusive(data_dir.with_name(data_dir.name + ".lock")):
-        if not builder.is_prepared():  # another process may have built it meanwhile
-            _build(builder, index, image_size, workers)
+        if not (path / "dataset_info.json").exists():  # another process may have built it meanwhile
+            # Built beside and renamed into place, so a crash never leaves a half-written dataset.
+            partial = data_dir.with_name(data_dir.name + ".incomplete")
+            shutil.rmtree(partial, ignore_errors=True)  # a crashed build's leftovers
+            _build(index, image_size, partial / DATASET_NAME / DATASET_VERSION, workers)
+            shutil.rmtree(data_dir, ignore_errors=True)  # a dataset without its info is incomplete
+            partial.rename(data_dir)
         if not tables.exists():
-            # Written after TFDS's atomic rename, and atomically itself, so a crash never leaves a
-            # half-written table that a later run would trust.
+            # Written atomically, after the rename, so a later run only trusts a complete dataset.
             tmp = tables.with_suffix(".tmp")
             tmp.write_text(json.dumps(_tables_json(index, image_size, key)))
             tmp.replace(tables)
     return path
 
 
-def _build(builder: RockirImages, index: DatasetIndex, image_size: int, workers: int) -> None:
+def _build(index: DatasetIndex, image_size: int, version_dir: Path, workers: int) -> None:
+    """Writes the TFDS files of ``index`` into ``version_dir``, which must not exist yet."""
+    version_dir.mkdir(parents=True)
+    num_targets = len(index.target_names)
+    template = tfds.core.ShardedFileTemplate(
+        data_dir=version_dir, dataset_name=DATASET_NAME, filetype_suffix=FILE_FORMAT
+    )
+    shards, lengths = [], {}
+    for split, table in index.splits.items():
+        bounds = shard_bounds(len(table))
+        lengths[split] = [stop - start for start, stop in bounds]
+        split_template = template.replace(split=split)
+        for number, (start, stop) in enumerate(bounds):
+            file = split_template.sharded_filepath(shard_index=number, num_shards=len(bounds))
+            shards.append(
+                Shard(
+                    file=os.fspath(file),
+                    image_size=image_size,
+                    paths=tuple(table.paths[start:stop]),
+                    sample_ids=table.sample_ids[start:stop],
+                    reservoir_ids=table.reservoir_ids[start:stop],
+                    targets=table.targets[start:stop].reshape(stop - start, num_targets),
+                    first_row=start,
+                )
+            )
     total = sum(len(table) for table in index.splits.values())
-    workers = max(1, min(workers, math.ceil(total / _CHUNK)))
+    workers = max(1, min(workers, len(shards)))
     log.info(
         "building the image cache (%d images at %d², %d worker%s): %s",
         total,
         image_size,
         workers,
         "s" if workers > 1 else "",
-        builder.data_dir,
+        version_dir.parent.parent,
     )
     start = time.perf_counter()
-    with (
-        _only_our_progress_bar(),
-        _decoder(image_size, workers) as decode,
-        tqdm(total=total, desc="image cache", unit="img") as progress,
-    ):
-        builder.build(decode, progress)
+    with tqdm(total=total, desc="image cache", unit="img") as progress:
+        sizes = iter(write_shards(shards, workers, progress))
+    split_infos = [
+        tfds.core.SplitInfo(
+            name=split,
+            shard_lengths=shard_lengths,
+            num_bytes=sum(next(sizes) for _ in shard_lengths),
+            filename_template=template.replace(split=split),
+        )
+        for split, shard_lengths in lengths.items()
+    ]
+    tfds.folder_dataset.write_metadata(
+        data_dir=version_dir,
+        features=features(image_size, num_targets),
+        split_infos=split_infos,
+        version=DATASET_VERSION,
+        filename_template=template,
+        check_data=False,
+        description="RockIR images materialised by rockir_jax.data.tfds_builder.",
+        disable_shuffling=True,
+    )
     log.info("image cache built: %.0f images/s", total / (time.perf_counter() - start))
 
 
