@@ -3,6 +3,8 @@
 import json
 import shutil
 
+import numpy as np
+import pytest
 from test_evaluate import exits_with_error, shared_run, short_config
 
 from rockir_jax.cli import compare
@@ -13,7 +15,7 @@ def test_comparison_table_has_the_four_models(tmp_path_factory, tmp_path, capsys
     config = tmp_path / "config.json"
     config.write_text(json.dumps(short_config(root, tmp_path / "cache").to_dict()))
     out = tmp_path / "comparison"
-    shutil.copytree(run, out / "runs" / "DSNN-R18")
+    shutil.copytree(run, out / "runs" / "DSNN-R18" / "seed0")  # the config's seed
     args = ["--out", str(out), "--config", str(config), "--steps", "1"]
     exits_with_error(capsys, "pass --reuse", compare.main, args)
 
@@ -32,3 +34,36 @@ def test_comparison_table_has_the_four_models(tmp_path_factory, tmp_path, capsys
     body = [line for line in markdown if line.startswith("| ") and not line.startswith("| model")]
     assert len(body) == 5  # the separator row and four models
     assert body[-1].startswith("| Vanilla-R34 | random | 0 |") and body[-1].endswith("| – | – | – |")
+    assert rows["DSNN-R18"]["metrics_std"]["reservoir/map@10"] == 0.0  # one seed
+
+
+def test_several_seeds_give_the_mean_and_spread_of_each_metric():
+    runs = [{"a/x": 1.0, "b/y": 2.0}, {"a/x": 2.0, "b/y": 2.0}, {"a/x": 6.0}]
+    mean, std = compare.seed_statistics(runs)
+    assert mean == {"a/x": 3.0}  # only what every seed measured
+    assert std["a/x"] == pytest.approx(((4 + 1 + 9) / 2) ** 0.5)  # ddof 1
+    table = {
+        "db": "/db", "split": "db_test", "n_images": 4, "k": 10, "seeds": [0, 1, 2], "machine": "cpu",
+        "models": [{"name": "DSNN-R18", "initialisation": "random", "steps": 5,
+                    "metrics": {"reservoir/map@10": 0.5}, "metrics_std": {"reservoir/map@10": 0.25}}],
+    }  # fmt: skip
+    markdown = compare.comparison_markdown(table, columns=[("reservoir", "map@{k}")])
+    assert "| DSNN-R18 | random | 5 | 0.500 ± 0.250 |" in markdown
+    assert "over seeds 0, 1, 2" in markdown
+
+
+def test_chosen_models_with_several_seeds(tmp_path_factory, tmp_path):
+    root, _, _ = shared_run(tmp_path_factory)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(short_config(root, tmp_path / "cache").to_dict()))
+    out = tmp_path / "comparison"
+    compare.main(["--out", str(out), "--config", str(config), "--models", "Vanilla-R34", "--seeds", "3", "4"])
+    table = json.loads((out / "comparison.json").read_text())
+    (row,) = table["models"]
+    assert row["name"] == "Vanilla-R34" and row["seeds"] == [3, 4] == table["seeds"]
+    runs = [run["metrics"]["reservoir/map@10"] for run in row["runs"]]
+    assert runs[0] != runs[1]  # another random initialisation per seed
+    assert row["metrics"]["reservoir/map@10"] == pytest.approx(np.mean(runs))
+    assert row["metrics_std"]["reservoir/map@10"] == pytest.approx(np.std(runs, ddof=1))
+    assert sorted(p.name for p in (out / "eval" / "Vanilla-R34").iterdir()) == ["seed3", "seed4"]
+    assert "± " in (out / "comparison.md").read_text()

@@ -15,6 +15,8 @@ from rockir_jax.retrieval import (
     recall_at_k,
     retrieval_metrics,
 )
+from rockir_jax.retrieval.embed import per_sample_retrieval
+from rockir_jax.retrieval.metrics import metric_label, per_sample_metadata_metrics
 
 # Six database images; the queries are rows 0, 3 and 2 of the same database.
 SAMPLES = np.array(["A1", "A1", "A2", "B1", "B1", "A1"])
@@ -165,6 +167,61 @@ def test_metadata_metrics():
     assert out["porosity_mae"] == pytest.approx(0.05)
     assert out["log10_permeability_rmse"] == pytest.approx(math.sqrt(1.25 / 4))
     assert out["log10_permeability_r2"] == pytest.approx(0.75)
+    # Porosity R² over the 3 known: errors² 0.0025 + 0 + 0.01, Σ(y - 0.2)² = 0.02 → 1 - 0.0125 / 0.02.
+    assert out["porosity_r2"] == pytest.approx(0.375)
     assert (out["n_porosity"], out["n_permeability"]) == (3, 4)
     with pytest.raises(ValueError, match="positive"):
         metadata_metrics([0.1], [0.1], [1.0], [0.0])
+
+
+def test_per_sample_metadata_averages_slices_and_permeability_in_log10():
+    # Sample A: porosity 0.1, predictions 0.0 and 0.3 → mean 0.15; k 10, predictions 1 and 100 → log10
+    # mean 1 (geometric mean 10, exact). Sample B: porosity 0.3, predictions 0.2 and 0.3 → 0.25;
+    # k 1000, predictions 10 and 10 → log10 1, error 2. Sample C's truth is unknown: left out.
+    out = per_sample_metadata_metrics(
+        ["A", "B", "A", "B", "C"],
+        [0.1, 0.3, 0.1, 0.3, np.nan],
+        [0.0, 0.2, 0.3, 0.3, 0.9],
+        [10.0, 1000.0, 10.0, 1000.0, np.nan],
+        [1.0, 10.0, 100.0, 10.0, 5.0],
+    )
+    assert out["porosity_mae"] == pytest.approx((0.05 + 0.05) / 2)
+    assert out["log10_permeability_rmse"] == pytest.approx(math.sqrt((0 + 4) / 2))
+    # log10 k truths 1 and 3 (mean 2): R² = 1 - 4 / 2 = -1; porosity truths 0.1, 0.3: 1 - 0.005 / 0.02.
+    assert out["log10_permeability_r2"] == pytest.approx(-1.0)
+    assert out["porosity_r2"] == pytest.approx(0.75)
+    assert (out["n_porosity"], out["n_permeability"]) == (2, 2)
+
+
+def test_per_sample_retrieval_ranks_sample_means():
+    # Reservoir R: samples r1, r2; reservoir S: s1, s2. Each sample's two slices straddle its mean, so
+    # no single slice decides: the means are r1 (1, 0), r2 (0.9, 0.1), s1 (0, 1), s2 (0.2, 0.8).
+    means = {"r1": (1.0, 0.0), "r2": (0.9, 0.1), "s1": (0.0, 1.0), "s2": (0.2, 0.8)}
+    samples, embeddings = [], []
+    for name, (x, y) in means.items():
+        for sign in (1, -1):
+            samples.append(name)
+            embeddings.append([x + sign * 0.5, y - sign * 0.5])
+    rows = {
+        "embedding": np.array(embeddings, np.float32),
+        "sample_id": np.array(samples),
+        "reservoir_id": np.array([s[0] for s in samples]),
+    }
+    out = per_sample_retrieval(rows, rows, k=2)
+    # Each sample's nearest other mean is its reservoir's: AP@2 over |R| = 1 is 1 for every query.
+    assert out["reservoir_per_sample/map@2"] == pytest.approx(1.0)
+    assert out["reservoir_per_sample/precision@2"] == pytest.approx(0.5)
+    # k is capped at the 3 other samples.
+    assert "reservoir_per_sample/map@3" in per_sample_retrieval(rows, rows, k=10)
+    # One query sample against the database: r1's slices as queries.
+    queries = {key: value[:2] for key, value in rows.items()}
+    assert per_sample_retrieval(queries, rows, k=1)["reservoir_per_sample/hit_rate@1"] == 1.0
+
+
+def test_metric_labels_read_their_own_cut_off():
+    assert metric_label("reservoir/map@10", 10) == "reservoir mAP@10"
+    # Per-sample retrieval caps k at the other samples' count: the label follows the name.
+    assert metric_label("reservoir_per_sample/map@5", 10) == "reservoir mAP@5 per sample"
+    assert metric_label("metadata_per_sample/porosity_r2", 10) == "porosity R² per sample"
+    with pytest.raises(KeyError):
+        metric_label("reservoir/unknown", 10)

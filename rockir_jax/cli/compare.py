@@ -1,13 +1,15 @@
 """rockir-compare: DSNN-R18, Siamese-R18, Siamese-R34 and Vanilla-R34 trained and evaluated on one split.
 
-    rockir-compare --out runs/comparison [--config configs/default.py] [--steps N] [--reuse] \
-        [--db <folder>] [--metadata <csv>] [--pretrained-resnet34 weights/resnet34]
+    rockir-compare --out runs/comparison [--config configs/default.py] [--seeds 0 1 2] [--steps N] \
+        [--models DSNN-R18 Vanilla-R34] [--reuse] [--db <folder>] [--metadata <csv>] \
+        [--pretrained-resnet34 weights/resnet34]
 
-The three trained models share the base config except for ``model`` and ``backbone`` (ResNet-18
-runs keep the config's ``pretrained`` weights; ResNet-34 ones get ``--pretrained-resnet34``, else a
-random initialisation), train into ``<out>/runs/<name>`` and are evaluated, with the vanilla
-baseline at the same input size, into ``<out>/eval/<name>``. The table goes to ``<out>/comparison.md``
-and ``<out>/comparison.json``.
+The three trained models share the base config except for ``model``, ``backbone`` and ``seed``
+(ResNet-18 runs keep the config's ``pretrained`` weights; ResNet-34 ones get ``--pretrained-resnet34``,
+else a random initialisation), train into ``<out>/runs/<name>/seed<s>`` and are evaluated, with the
+vanilla baseline at the same input size, into ``<out>/eval/<name>/seed<s>``. Each model's row holds
+the mean and the standard deviation (ddof 1) of every metric over the seeds. The table goes to
+``<out>/comparison.md`` and ``<out>/comparison.json``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from rockir_jax.cli import common
 from rockir_jax.configuration import load_config
@@ -29,7 +32,7 @@ from rockir_jax.data.database import DEFAULT_SPLIT
 from rockir_jax.jsonio import json_text
 from rockir_jax.retrieval.evaluation import evaluate
 from rockir_jax.retrieval.loading import load_model
-from rockir_jax.retrieval.metrics import metric_key, metric_label
+from rockir_jax.retrieval.metrics import PER_SAMPLE, metric_key, metric_label
 from rockir_jax.train import train_and_evaluate
 
 
@@ -48,17 +51,20 @@ TRAINED = (
     Entry("Siamese-R34", "siamese", "resnet34"),
 )
 VANILLA = Entry("Vanilla-R34", "vanilla", "resnet34")
+MODELS = tuple(entry.name for entry in (*TRAINED, VANILLA))
+"""Every model's name, in table order."""
 
 COLUMNS = (
     ("sample", "map@{k}"),
-    ("sample", "map"),
     ("reservoir", "map@{k}"),
     ("reservoir", "map"),
-    ("reservoir", "precision@{k}"),
-    ("reservoir", "hit_rate@{k}"),
+    (f"reservoir{PER_SAMPLE}", "map@{k}"),
     ("metadata", "porosity_mae"),
+    ("metadata", "porosity_r2"),
+    (f"metadata{PER_SAMPLE}", "porosity_r2"),
     ("metadata", "log10_permeability_rmse"),
     ("metadata", "log10_permeability_r2"),
+    (f"metadata{PER_SAMPLE}", "log10_permeability_r2"),
 )
 """The table's metric columns, (level, name) as in :mod:`rockir_jax.retrieval.metrics`."""
 
@@ -68,10 +74,14 @@ def run_config(
     entry: Entry,
     pretrained_resnet34: str | Path | None,
     steps: int | None,
+    seed: int | None = None,
 ) -> ml_collections.ConfigDict:
-    """``base`` with the entry's model and backbone (and ``steps`` training steps when given)."""
+    """``base`` with the entry's model and backbone (and ``steps`` training steps and ``seed`` when
+    given)."""
     config = ml_collections.ConfigDict(base.to_dict())
     config.model, config.backbone = entry.model, entry.backbone
+    if seed is not None:
+        config.seed = seed
     if entry.backbone == "resnet34":
         config.pretrained = str(pretrained_resnet34 or "")
     if steps is not None:
@@ -112,6 +122,8 @@ def compare_models(
     base: ml_collections.ConfigDict,
     out: str | Path,
     *,
+    seeds: Sequence[int] | None = None,
+    models: Sequence[str] = MODELS,
     steps: int | None = None,
     reuse: bool = False,
     db: str | Path | None = None,
@@ -121,47 +133,67 @@ def compare_models(
     k: int = 10,
     figures: int = 0,
 ) -> dict[str, Any]:
-    """Trains (or reuses) the :data:`TRAINED` models, evaluates them and :data:`VANILLA` on the same
-    database (default: the config's data root and CSV, ``split`` of it) and writes the table."""
+    """Trains (or reuses) the :data:`TRAINED` models among ``models`` with every seed (default: the
+    config's), evaluates them and :data:`VANILLA` (when among ``models``) on the same database (default:
+    the config's data root and CSV, ``split`` of it) and writes the table of means and standard
+    deviations over the seeds."""
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        raise ValueError(f"unknown models {unknown}: choose among {list(MODELS)}")
     out = Path(out)
     db = Path(db if db is not None else base.data.root)
     metadata_csv = metadata_csv if metadata_csv is not None else base.data.metadata
+    seeds = list(seeds) if seeds else [int(base.seed)]
     rows = []
-    for entry in (*TRAINED, VANILLA):
-        if entry is VANILLA:
-            train_seconds = None
-            model = load_model(
-                vanilla=entry.backbone,
-                pretrained=pretrained_resnet34,
-                image_size=base.image_size,
-                seed=base.seed,
+    for entry in (entry for entry in (*TRAINED, VANILLA) if entry.name in models):
+        runs = []
+        for seed in seeds:
+            name = f"{entry.name}/seed{seed}"
+            if entry is VANILLA:
+                train_seconds = None
+                model = load_model(
+                    vanilla=entry.backbone,
+                    pretrained=pretrained_resnet34,
+                    image_size=base.image_size,
+                    seed=seed,
+                )
+                init = _initialisation(pretrained_resnet34)
+            else:
+                config = run_config(base, entry, pretrained_resnet34, steps, seed)
+                train_seconds = train_or_reuse(config, out / "runs" / name, reuse)
+                model = load_model(out / "runs" / name)
+                init = _initialisation(config.pretrained)
+            report = evaluate(
+                model,
+                db,
+                out / "eval" / name,
+                metadata_csv=metadata_csv,
+                split=split,
+                k=k,
+                figures=figures,
+                batch_size=base.eval_batch_size,
             )
-            init = _initialisation(pretrained_resnet34)
-        else:
-            config = run_config(base, entry, pretrained_resnet34, steps)
-            train_seconds = train_or_reuse(config, out / "runs" / entry.name, reuse)
-            model = load_model(out / "runs" / entry.name)
-            init = _initialisation(config.pretrained)
-        report = evaluate(
-            model,
-            db,
-            out / "eval" / entry.name,
-            metadata_csv=metadata_csv,
-            split=split,
-            k=k,
-            figures=figures,
-            batch_size=base.eval_batch_size,
-        )
+            runs.append(
+                {
+                    "seed": seed,
+                    "steps": model.identity.get("step", 0),
+                    "train_seconds": train_seconds,
+                    "metrics": report["metrics"],
+                }
+            )
+        mean, std = seed_statistics([run["metrics"] for run in runs])
         rows.append(
             {
                 "name": entry.name,
                 "model": entry.model,
                 "backbone": entry.backbone,
                 "initialisation": init,
-                "steps": model.identity.get("step", 0),
+                "steps": runs[0]["steps"],
                 "image_size": model.image_size,
-                "train_seconds": train_seconds,
-                "metrics": report["metrics"],
+                "seeds": seeds,
+                "metrics": mean,
+                "metrics_std": std,
+                "runs": runs,
             }
         )
     table = {
@@ -169,6 +201,7 @@ def compare_models(
         "split": split,
         "n_images": report["n_images"],
         "k": k,
+        "seeds": seeds,
         "machine": machine(),
         "models": rows,
     }
@@ -178,8 +211,19 @@ def compare_models(
     return table
 
 
-def _cell(value: float | None) -> str:
-    return "–" if value is None else f"{value:.4f}"
+def seed_statistics(runs: Sequence[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and standard deviation (ddof 1; 0 for one run) of every metric the ``runs`` share."""
+    keys = [key for key in runs[0] if all(key in run for run in runs)]
+    values = {key: np.array([run[key] for run in runs], np.float64) for key in keys}
+    mean = {key: float(v.mean()) for key, v in values.items()}
+    std = {key: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for key, v in values.items()}
+    return mean, std
+
+
+def _cell(mean: float | None, std: float | None, several: bool) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:.3f} ± {std:.3f}" if several else f"{mean:.4f}"
 
 
 def comparison_markdown(table: dict[str, Any], columns: Sequence[tuple[str, str]] = COLUMNS) -> str:
@@ -187,18 +231,26 @@ def comparison_markdown(table: dict[str, Any], columns: Sequence[tuple[str, str]
     k = table["k"]
     keys = [metric_key(level, name, k) for level, name in columns]
     header = ["model", "initialisation", "steps", *(metric_label(key, k) for key in keys)]
+    seeds = table["seeds"]
+    several = len(seeds) > 1
+    spread = (
+        f"Mean ± standard deviation over seeds {', '.join(map(str, seeds))}. "
+        if several
+        else f"Seed {seeds[0]}. "
+    )
     lines = [
         "# Model comparison",
         "",
         f"Database `{table['db']}` (split {table['split']}, {table['n_images']} images); every image "
-        f"queries all others. Machine: {table['machine']}.",
+        f"queries all others; per sample, each sample's mean embedding queries the others' and its "
+        f"slices' predictions are averaged. {spread}Machine: {table['machine']}.",
         "",
         "| " + " | ".join(header) + " |",
         "| " + " | ".join(["---"] * 3 + ["---:"] * len(keys)) + " |",
     ]
     for row in table["models"]:
         cells = [row["name"], row["initialisation"], str(row["steps"])]
-        cells += [_cell(row["metrics"].get(key)) for key in keys]
+        cells += [_cell(row["metrics"].get(key), row["metrics_std"].get(key), several) for key in keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -209,7 +261,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--config", type=common.path, default=Path("configs/default.py"), help="base config (.py/.json)"
     )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="seeds to train and evaluate each model with (default: the config's)",
+    )
     parser.add_argument("--steps", type=int, help="training steps (default: the config's)")
+    parser.add_argument(
+        "--models", nargs="+", choices=MODELS, default=MODELS, help="models to compare (default: all four)"
+    )
     parser.add_argument(
         "--reuse", action="store_true", help="evaluate runs already under <out>/runs as they are"
     )
@@ -227,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         compare_models(
             load_config(args.config),
             args.out,
+            seeds=args.seeds,
+            models=args.models,
             steps=args.steps,
             reuse=args.reuse,
             db=args.db,

@@ -22,7 +22,15 @@ from rockir_jax.data.metadata import TargetSpec, targets_to_physical
 from rockir_jax.data.pipeline import eval_iterator
 from rockir_jax.data.sources import SplitSource
 from rockir_jax.retrieval.knn import knn
-from rockir_jax.retrieval.metrics import LEVELS, metadata_metrics, retrieval_metrics
+from rockir_jax.retrieval.metrics import (
+    LEVELS,
+    PER_SAMPLE,
+    flat_metrics,
+    metadata_metrics,
+    per_sample_metadata_metrics,
+    retrieval_metrics,
+    sample_means,
+)
 from rockir_jax.sharding import DATA_AXIS, shard_batch
 
 EmbedStep = Callable[[Mapping[str, Any], jax.Array], dict[str, jax.Array]]
@@ -90,7 +98,8 @@ def validation_metrics(
     """Retrieval metrics of ``queries`` against ``database`` (which contains them, from row
     ``query_offset`` on; each query is excluded from its own ranking) at each relevance level (labels
     under ``<level>_id``) and, for models that predict metadata, the queries' porosity and
-    permeability errors. Flat ``{"sample/map@10": …}``."""
+    permeability errors. Flat ``{"sample/map@10": …}``; also per sample (:data:`PER_SAMPLE`):
+    reservoir retrieval among sample means and the error of each sample's mean prediction."""
     query_rows = query_offset + np.arange(len(queries["embedding"]))
     # The full ranking, so that mAP over all relevant items is exact.
     full = len(database["embedding"]) - 1
@@ -103,15 +112,47 @@ def validation_metrics(
         # Self is already out of the ranking; naming it keeps it out of each query's relevant count.
         query_ids=query_rows,
     )
-    flat = {
-        f"{level}/{name}": float(value)
-        for level, values in per_level.items()
-        for name, value in values.items()
-        if not name.startswith("n_")
-    }
+    flat = {key: v for level, values in per_level.items() for key, v in flat_metrics(level, values).items()}
+    if "reservoir_id" in queries:
+        flat |= per_sample_retrieval(queries, database, k)
     if "reg" in queries:
         true_porosity, true_permeability = physical_metadata(queries["targets"])
         pred_porosity, pred_permeability = physical_metadata(queries["reg"])
         errors = metadata_metrics(true_porosity, pred_porosity, true_permeability, pred_permeability)
-        flat |= {f"metadata/{name}": float(v) for name, v in errors.items() if not name.startswith("n_")}
+        flat |= flat_metrics("metadata", errors)
+        errors = per_sample_metadata_metrics(
+            queries["sample_id"], true_porosity, pred_porosity, true_permeability, pred_permeability
+        )
+        flat |= flat_metrics(f"metadata{PER_SAMPLE}", errors)
     return flat
+
+
+def per_sample_retrieval(
+    queries: Mapping[str, np.ndarray], database: Mapping[str, np.ndarray], k: int = 10
+) -> dict[str, float]:
+    """Reservoir retrieval among samples: each query sample's mean embedding (over its query rows)
+    against every other sample's (over its database rows), flat ``{"reservoir_per_sample/map@10": …}``
+    with k capped at the other samples' count; empty with fewer than 2 database samples."""
+
+    def means(rows: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        samples, embeddings = sample_means(rows["sample_id"], rows["embedding"])
+        first = np.unique(np.asarray(rows["sample_id"]), return_index=True)[1]
+        norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+        unit = (embeddings / np.maximum(norms, 1e-12)).astype(np.float32)
+        return samples, unit, rows["reservoir_id"][first]
+
+    query_samples, query_embeddings, query_reservoirs = means(queries)
+    db_samples, db_embeddings, db_reservoirs = means(database)
+    if len(db_samples) < 2:
+        return {}
+    _, ranked = knn(query_embeddings, db_embeddings, len(db_samples))
+    k = min(k, len(db_samples) - 1)
+    per_level = retrieval_metrics(
+        ranked,
+        {"reservoir": query_reservoirs},
+        {"reservoir": db_reservoirs},
+        k,
+        query_ids=query_samples,
+        database_ids=db_samples,
+    )
+    return flat_metrics(f"reservoir{PER_SAMPLE}", per_level["reservoir"])

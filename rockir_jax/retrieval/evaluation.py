@@ -26,7 +26,15 @@ from rockir_jax.jsonio import json_text
 from rockir_jax.retrieval.embed import embed_source, make_embed_step, validation_metrics
 from rockir_jax.retrieval.index import RetrievalIndex, save_index
 from rockir_jax.retrieval.loading import LoadedModel
-from rockir_jax.retrieval.metrics import LEVELS, PREFIX_LEVEL, metadata_metrics, prefix_labels
+from rockir_jax.retrieval.metrics import (
+    LEVELS,
+    PER_SAMPLE,
+    PREFIX_LEVEL,
+    flat_metrics,
+    metadata_metrics,
+    per_sample_metadata_metrics,
+    prefix_labels,
+)
 from rockir_jax.retrieval.report import figure_rows, metrics_markdown, write_figures
 
 EVALUATION_LEVELS = (*LEVELS, PREFIX_LEVEL)
@@ -101,7 +109,15 @@ def evaluate_index(index: RetrievalIndex, k: int = 10) -> dict[str, float]:
             index.true_permeability[known],
             index.predicted_permeability[known],
         )
-        metrics |= {f"metadata/{name}": float(v) for name, v in errors.items() if not name.startswith("n_")}
+        metrics |= flat_metrics("metadata", errors)
+        errors = per_sample_metadata_metrics(
+            index.samples[known],
+            index.true_porosity[known],
+            index.predicted_porosity[known],
+            index.true_permeability[known],
+            index.predicted_permeability[known],
+        )
+        metrics |= flat_metrics(f"metadata{PER_SAMPLE}", errors)
     return metrics
 
 

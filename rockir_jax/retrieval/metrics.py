@@ -23,6 +23,7 @@ Queries with no relevant item (|R| = 0) get NaN from every metric normalised by 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -56,10 +57,16 @@ RANKING_METRICS = {
 
 METADATA_METRICS = {
     "porosity_mae": "porosity MAE",
+    "porosity_r2": "porosity R²",
     "log10_permeability_rmse": "log10 k RMSE",
     "log10_permeability_r2": "log10 k R²",
 }
 """Every metadata metric's name → label."""
+
+PER_SAMPLE = "_per_sample"
+"""Suffix of the levels measured per sample rather than per slice: ``reservoir_per_sample`` ranks each
+sample's mean embedding against the other samples'; ``metadata_per_sample`` scores the mean of a sample's
+slice predictions (users hold many slices of one rock)."""
 
 BEST_CHECKPOINT_METRIC = ("reservoir", "map@{k}")
 """The validation metric that picks a run's best checkpoint: reservoir mAP@k."""
@@ -71,6 +78,11 @@ def metric_key(level: str, name: str, k: int) -> str:
     return f"{level}/{name.format(k=k)}"
 
 
+def flat_metrics(level: str, values: Mapping[str, float | int]) -> dict[str, float]:
+    """``values`` of one level as flat keys (``"metadata/porosity_mae"``), counts (``n_…``) left out."""
+    return {f"{level}/{name}": float(v) for name, v in values.items() if not name.startswith("n_")}
+
+
 def best_checkpoint_metric(k: int) -> str:
     """The key of :data:`BEST_CHECKPOINT_METRIC` at cut-off ``k``."""
     return metric_key(*BEST_CHECKPOINT_METRIC, k)
@@ -79,10 +91,16 @@ def best_checkpoint_metric(k: int) -> str:
 def metric_label(key: str, k: int) -> str:
     """A short human label of a flat metric key: ``"reservoir/map@10"`` → ``"reservoir mAP@10"``."""
     level, name = key.split("/", 1)
-    if level == "metadata":
-        return METADATA_METRICS[name]
-    template = next(t for t in RANKING_METRICS if t.format(k=k) == name)
-    return f"{level} {RANKING_METRICS[template][0].format(k=k)}"
+    base = level.removesuffix(PER_SAMPLE)
+    suffix = " per sample" if base != level else ""
+    if base == "metadata":
+        return METADATA_METRICS[name] + suffix
+    for template, (label, _) in RANKING_METRICS.items():
+        # The name's own cut-off: per-sample levels cap k at the number of other samples.
+        match = re.fullmatch(re.escape(template).replace(r"\{k\}", r"(\d+)"), name)
+        if match:
+            return f"{base} {label.format(k=match.group(1) if match.groups() else k)}{suffix}"
+    raise KeyError(f"unknown metric {key!r}")
 
 
 def _relevance(relevant: ArrayLike, k: int | None = None) -> np.ndarray:
@@ -303,8 +321,8 @@ def metadata_metrics(
     positive. Items with a NaN true value (unknown metadata) are left out, per quantity.
 
     Returns:
-        ``{"porosity_mae", "log10_permeability_rmse", "log10_permeability_r2", "n_porosity",
-        "n_permeability"}``; NaN metrics when no truth is known.
+        ``{"porosity_mae", "porosity_r2", "log10_permeability_rmse", "log10_permeability_r2",
+        "n_porosity", "n_permeability"}``; NaN metrics when no truth is known.
     """
     t_por, p_por = _paired(true_porosity, pred_porosity)
     t_perm, p_perm = _paired(true_permeability, pred_permeability)
@@ -316,8 +334,44 @@ def metadata_metrics(
     nan = float("nan")
     return {
         "porosity_mae": mae(t_por[known_por], p_por[known_por]) if known_por.any() else nan,
+        "porosity_r2": r2_score(t_por[known_por], p_por[known_por]) if known_por.any() else nan,
         "log10_permeability_rmse": rmse(log_t, log_p) if known_perm.any() else nan,
         "log10_permeability_r2": r2_score(log_t, log_p) if known_perm.any() else nan,
         "n_porosity": int(known_por.sum()),
         "n_permeability": int(known_perm.sum()),
     }
+
+
+def sample_means(samples: ArrayLike, values: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct ``samples`` (sorted) and the mean of ``values`` (N, …) over each one's rows."""
+    labels, inverse = np.unique(np.asarray(samples), return_inverse=True)
+    values = np.asarray(values, dtype=np.float64)
+    sums = np.zeros((len(labels), *values.shape[1:]))
+    np.add.at(sums, inverse, values)
+    counts = np.bincount(inverse, minlength=len(labels)).reshape(-1, *[1] * (values.ndim - 1))
+    return labels, sums / counts
+
+
+def per_sample_metadata_metrics(
+    samples: ArrayLike,
+    true_porosity: ArrayLike,
+    pred_porosity: ArrayLike,
+    true_permeability: ArrayLike,
+    pred_permeability: ArrayLike,
+) -> dict[str, float | int]:
+    """:func:`metadata_metrics` of each sample's mean prediction: porosity averaged over its slices,
+    permeability averaged in log10 (the geometric mean). Slices with unknown truth are left out."""
+    known = np.isfinite(np.asarray(true_porosity, np.float64)) & np.isfinite(
+        np.asarray(true_permeability, np.float64)
+    )
+    columns = np.stack(
+        [
+            np.asarray(true_porosity, np.float64)[known],
+            np.asarray(pred_porosity, np.float64)[known],
+            np.log10(np.asarray(true_permeability, np.float64)[known]),
+            np.log10(np.asarray(pred_permeability, np.float64)[known]),
+        ],
+        axis=1,
+    )
+    _, means = sample_means(np.asarray(samples)[known], columns)
+    return metadata_metrics(means[:, 0], means[:, 1], 10 ** means[:, 2], 10 ** means[:, 3])

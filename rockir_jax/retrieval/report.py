@@ -15,7 +15,14 @@ from rockir_jax.images import read_image
 from rockir_jax.retrieval.figures import query_from_index, retrieval_figure
 from rockir_jax.retrieval.index import RetrievalIndex
 from rockir_jax.retrieval.knn import knn
-from rockir_jax.retrieval.metrics import METADATA_METRICS, PREFIX_LEVEL, RANKING_METRICS, metric_key
+from rockir_jax.retrieval.metrics import (
+    METADATA_METRICS,
+    PER_SAMPLE,
+    PREFIX_LEVEL,
+    RANKING_METRICS,
+    metric_key,
+    metric_label,
+)
 
 FIGURE_IMAGE_SIZE = 224
 """Tiles of the figures are shown at the paper's input size, whatever size the model embeds."""
@@ -60,9 +67,22 @@ def metrics_markdown(report: Mapping[str, Any]) -> str:
             "original RockIR evaluation's relevance.",
             "",
         ]
+    per_sample = sorted(key for key in metrics if key.startswith(f"reservoir{PER_SAMPLE}/"))
+    if per_sample:
+        lines += [
+            f"Per sample ({report['n_samples']} samples): each sample's mean embedding queries the other "
+            "samples'; relevant when the reservoir is the query's:",
+            "",
+        ]
+        lines += [f"- {metric_label(key, k)}: {metrics[key]:.4f}" for key in per_sample]
+        lines.append("")
     if any(key.startswith("metadata/") for key in metrics):
         lines += [f"Metadata, over {report['n_images_with_metadata']} images with known values:", ""]
-        lines += [f"- {label}: {metrics[f'metadata/{name}']:.4f}" for name, label in METADATA_METRICS.items()]
+        lines += [
+            f"- {label}: {metrics[f'metadata/{name}']:.4f} per slice, "
+            f"{metrics[f'metadata{PER_SAMPLE}/{name}']:.4f} per sample (mean of its slices' predictions)"
+            for name, label in METADATA_METRICS.items()
+        ]
     elif report["model"]["model"] != "dsnn":
         lines.append("Metadata: this model predicts none.")
     else:
