@@ -68,13 +68,16 @@ def configure_logging(log_dir: str | Path | None, verbose: bool = False) -> Path
     The console (stderr) gets this package's records (INFO and up) and every library's errors;
     the log file, appended to, gets every record at INFO and up, timestamped. Without a ``log_dir``
     other libraries' INFO and WARNING records are dropped; ``verbose`` puts them on the console as
-    well. Replaces absl's stderr handler and any handler an earlier call installed, so commands may
-    call it again. Returns the log file's path, if any.
+    well. Replaces absl's stderr handler, any other console handler on the root logger (absl installs
+    one with ``basicConfig`` when a library logs before flags are parsed, as orbax does on import) and
+    any handler an earlier call installed, so commands may call it again. Returns the log file's path,
+    if any.
     """
     root = logging.getLogger()
     absl_handler = getattr(sys.modules.get("absl.logging"), "get_absl_handler", lambda: None)()
     for handler in list(root.handlers):
-        if handler is absl_handler or getattr(handler, "_rockir_jax", False):
+        console = type(handler) is logging.StreamHandler and handler.stream in (sys.stderr, sys.stdout)
+        if handler is absl_handler or console or getattr(handler, "_rockir_jax", False):
             root.removeHandler(handler)
             if handler is not absl_handler:
                 handler.close()

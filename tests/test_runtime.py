@@ -130,3 +130,25 @@ def test_verbose_and_no_log_dir(tmp_path, capsys, restored_logging, monkeypatch)
     _log_one_of_each(logging)
     assert "absl" not in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+CONSOLE_AFTER_ORBAX = """
+import logging, sys
+import orbax.checkpoint  # logs through absl before any flag parsing: absl calls basicConfig
+from rockir_jax import runtime
+runtime.configure_logging(sys.argv[1])
+logging.getLogger("absl").info("CheckpointManager created")
+logging.getLogger("rockir_jax.train").info("training on 1 devices")
+"""
+
+
+def test_a_library_handler_installed_on_import_is_replaced(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", CONSOLE_AFTER_ORBAX, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == ["training on 1 devices"]
+    assert "CheckpointManager created" in (tmp_path / "log.txt").read_text()
