@@ -141,7 +141,7 @@ def prepare(index: DatasetIndex, image_size: int, cache_dir: str | Path, workers
             # Built beside and renamed into place, so a crash never leaves a half-written dataset.
             partial = data_dir.with_name(data_dir.name + ".incomplete")
             shutil.rmtree(partial, ignore_errors=True)  # a crashed build's leftovers
-            _build(index, image_size, partial / DATASET_NAME / DATASET_VERSION, workers)
+            _build(index, image_size, partial / DATASET_NAME / DATASET_VERSION, workers, data_dir)
             shutil.rmtree(data_dir, ignore_errors=True)  # a dataset without its info is incomplete
             partial.rename(data_dir)
         if not tables.exists():
@@ -152,8 +152,9 @@ def prepare(index: DatasetIndex, image_size: int, cache_dir: str | Path, workers
     return path
 
 
-def _build(index: DatasetIndex, image_size: int, version_dir: Path, workers: int) -> None:
-    """Writes the TFDS files of ``index`` into ``version_dir``, which must not exist yet."""
+def _build(index: DatasetIndex, image_size: int, version_dir: Path, workers: int, destination: Path) -> None:
+    """Writes the TFDS files of ``index`` into ``version_dir``, which must not exist yet, on the way to
+    ``destination`` (the directory named in the log)."""
     version_dir.mkdir(parents=True)
     num_targets = len(index.target_names)
     template = tfds.core.ShardedFileTemplate(
@@ -185,7 +186,7 @@ def _build(index: DatasetIndex, image_size: int, version_dir: Path, workers: int
         image_size,
         workers,
         "s" if workers > 1 else "",
-        version_dir.parent.parent,
+        destination,
     )
     start = time.perf_counter()
     with tqdm(total=total, desc="image cache", unit="img") as progress:
