@@ -24,7 +24,7 @@ def test_comparison_table_has_the_four_models(tmp_path_factory, tmp_path, capsys
     rows = {row["name"]: row for row in table["models"]}
     assert list(rows) == ["DSNN-R18", "Siamese-R18", "Siamese-R34", "Vanilla-R34"]
     assert table["split"] == "db_test" and table["n_images"] == 12
-    assert rows["DSNN-R18"]["train_seconds"] is None and rows["DSNN-R18"]["steps"] == 2  # reused
+    assert rows["DSNN-R18"]["runs"][0]["train_seconds"] is None and rows["DSNN-R18"]["steps"] == 2  # reused
     assert rows["Siamese-R18"]["steps"] == 1 and rows["Siamese-R34"]["backbone"] == "resnet34"
     assert rows["Vanilla-R34"]["initialisation"] == "random" and rows["Vanilla-R34"]["image_size"] == 32
     for row in rows.values():
