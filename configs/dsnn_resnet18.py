@@ -10,7 +10,7 @@ Port the weights first: ``python scripts/port_torchvision_weights.py --arch resn
 --workdir runs/dsnn_resnet18 --config.data.root=<your data> --config.data.metadata=<your csv>``.
 """
 
-from configs import default
+from configs import default, original_recipe
 
 
 def get_config():
@@ -25,4 +25,4 @@ def get_config():
     config.data.num_workers = 4
     config.eval_every_steps = 1000
     config.keep_checkpoints = 3
-    return config
+    return original_recipe.use_original_objective(config)

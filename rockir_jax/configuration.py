@@ -3,9 +3,11 @@ the expansion of their paths."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
@@ -50,3 +52,41 @@ def load_config(path: str | Path) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return expand_paths(module.get_config())
+
+
+def _parse_like(current: object, text: str, key: str) -> object:
+    """``text`` as a value of ``current``'s type (bool before int: a bool is an int in Python)."""
+    try:
+        if isinstance(current, bool):
+            words = {"true": True, "1": True, "false": False, "0": False}
+            if text.lower() not in words:
+                raise ValueError
+            return words[text.lower()]
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+        if isinstance(current, (tuple, list)):
+            value = ast.literal_eval(text) if text else ()
+            return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    except (ValueError, SyntaxError):
+        kind = type(current).__name__
+        raise ValueError(f"{key}={text}: not {'an' if kind[0] in 'aeiou' else 'a'} {kind}") from None
+    return text
+
+
+def override(config: ml_collections.ConfigDict, assignments: Sequence[str]) -> ml_collections.ConfigDict:
+    """Sets ``KEY=VALUE`` assignments (``learning_rate=1e-3``, ``data.augment=dihedral``) in place, each
+    value read as the type the key already has; returns ``config`` with its paths expanded."""
+    for assignment in assignments:
+        key, equals, text = assignment.partition("=")
+        if not equals:
+            raise ValueError(f"{assignment!r}: expected KEY=VALUE")
+        *parents, name = key.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+        if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+            raise ValueError(f"{key}: no such config key")
+        node[name] = _parse_like(node[name], text, key)
+    return expand_paths(config)

@@ -38,7 +38,7 @@ from rockir_jax.training import losses
 from rockir_jax.training import step as step_lib
 from rockir_jax.training.checkpoint import Checkpointer
 from rockir_jax.training.metrics_log import MetricsLog
-from rockir_jax.training.optim import adamw_amsgrad
+from rockir_jax.training.optim import adamw_amsgrad, learning_rate_schedule
 
 # Not __name__: run as ``python -m`` this module is __main__, outside the package's logger.
 log = logging.getLogger("rockir_jax.train")
@@ -48,10 +48,15 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; no checkpoint of that state was written."""
 
 
-def _loss_fn(config: ml_collections.ConfigDict) -> step_lib.LossFn:
-    if config.model == "dsnn":
-        return functools.partial(losses.dsnn_loss, weights=config.loss_weights.to_dict())
-    return losses.siamese_loss
+def _loss_fn(config: ml_collections.ConfigDict, train: data.SplitSource) -> step_lib.LossFn:
+    if config.model != "dsnn":
+        return losses.siamese_loss
+    target_scale = None
+    if config.standardize_targets:
+        target_scale = tuple(float(s) for s in np.nanstd(train.targets, axis=0))
+        log.info("regression errors scaled by the training targets' std: %s", target_scale)
+    weights = config.loss_weights.to_dict()
+    return functools.partial(losses.dsnn_loss, weights=weights, target_scale=target_scale)
 
 
 def _initial_variables(model, config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -71,6 +76,8 @@ def _prepare_data(config: ml_collections.ConfigDict) -> dict[str, data.SplitSour
         extra_targets=tuple(config.data.extra_targets),
         disjoint_samples=config.data.disjoint_samples,
     )
+    if config.data.train_samples_per_reservoir:
+        index = data.limit_samples_per_reservoir(index, "train", config.data.train_samples_per_reservoir)
     workers = config.data.get("prepare_workers", 0) or runtime.cpu_count()
     cache = data.prepare(index, config.image_size, config.data.cache_dir, workers=workers)
     return {split: data.load_split(cache, split) for split in ("train", "val") if index.splits.get(split)}
@@ -162,9 +169,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         dtype=jnp.dtype(config.dtype),
         conv_algorithm=config.conv_algorithm,
     )
-    loss_fn = _loss_fn(config)
+    loss_fn = _loss_fn(config, sources["train"])
     scale = layout.data_mesh.devices.size if config.scale_learning_rate_by_devices else 1
-    learning_rate = config.learning_rate * scale
+    learning_rate = learning_rate_schedule(
+        config.learning_rate * scale,
+        num_train_steps,
+        warmup_steps=config.warmup_steps,
+        decay=config.learning_rate_decay,
+    )
     tx = adamw_amsgrad(learning_rate, weight_decay=config.weight_decay)
     state = step_lib.create_train_state(model, _initial_variables(model, config), tx)
     train_iter = data.train_iterator(
@@ -172,6 +184,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         global_batch_size=config.global_batch_size,
         seed=config.seed,
         num_workers=config.data.num_workers,
+        augment=config.data.augment,
+        grey_jitter=config.data.grey_jitter,
     )
     runtime.wait_for_all_processes("data and initial state ready")
     checkpointer = Checkpointer(
@@ -227,7 +241,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 elapsed = time.perf_counter() - window_start
                 summary = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
                 summary |= {
-                    "learning_rate": learning_rate,
+                    "learning_rate": float(
+                        learning_rate(step - 1) if callable(learning_rate) else learning_rate
+                    ),
                     "pairs_per_second": len(window) * config.global_batch_size / elapsed,
                 }
                 progress.set_postfix(

@@ -12,6 +12,7 @@ from rockir_jax.data.metadata import (
     TargetSpec,
     compute_targets,
     index_dataset,
+    limit_samples_per_reservoir,
     same_metadata,
     targets_to_physical,
 )
@@ -192,6 +193,29 @@ def test_index_tables_and_vocabularies(tmp_path):
     assert all(Path(p).parent.name == s for p, s in zip(train.paths, train.samples, strict=True))
     assert list(index.splits["db_test"].samples) == ["CCC001", "CCC001"]
     assert list(index.splits["val"].reservoir_ids) == [1, 1]
+
+
+def test_limit_samples_per_reservoir_keeps_the_first_by_name(tmp_path):
+    layout = {
+        "train": {"AAA003": 1, "AAA001": 2, "AAA002": 3, "BBB002": 2, "BBB001": 1},
+        "val": {"AAA004": 2},
+    }
+    index = index_dataset(tmp_path, make_dataset(tmp_path, layout))
+    one = limit_samples_per_reservoir(index, "train", 1)
+    assert sorted(set(one.splits["train"].samples)) == ["AAA001", "BBB001"]
+    two = limit_samples_per_reservoir(index, "train", 2)
+    train = two.splits["train"]
+    assert sorted(train.samples) == ["AAA001"] * 2 + ["AAA002"] * 3 + ["BBB001", "BBB002", "BBB002"]
+    # Rows stay aligned with their files, ids and targets; vocabularies and other splits are unchanged.
+    assert all(Path(p).parent.name == s for p, s in zip(train.paths, train.samples, strict=True))
+    assert [index.samples[i] for i in train.sample_ids] == list(train.samples)
+    full = index.splits["train"]
+    for path, target in zip(train.paths, train.targets, strict=True):
+        np.testing.assert_array_equal(target, full.targets[full.paths.index(path)])
+    assert two.samples == index.samples and two.splits["val"] is index.splits["val"]
+    assert limit_samples_per_reservoir(index, "train", 9).splits["train"].paths == full.paths
+    with pytest.raises(ValueError, match="at least 1"):
+        limit_samples_per_reservoir(index, "train", 0)
 
 
 def test_index_reservoir_column_and_extra_targets(tmp_path):

@@ -61,16 +61,19 @@ def train(source, seed=0, batch=8, **kwargs):
     return pipeline.train_iterator(source, global_batch_size=batch, seed=seed, **kwargs)
 
 
-def identify(images, source):
-    """(image index, flip h + 2v) of each normalised image, by exact match with the records."""
+def identify(images, source, transposes=(0,)):
+    """(image index, flip h + 2v + 4·transpose) of each normalised image, by exact match with the
+    records' orientations (only the untransposed ones by default)."""
     variants = {}
     for i in range(len(source)):
         raw = np.asarray(source.records[i]["image"])
         for h in (0, 1):
             for v in (0, 1):
-                flipped = raw[:, ::-1] if h else raw
-                flipped = flipped[::-1] if v else flipped
-                variants[pipeline.normalize(flipped).tobytes()] = (i, h + 2 * v)
+                for t in transposes:
+                    oriented = raw[:, ::-1] if h else raw
+                    oriented = oriented[::-1] if v else oriented
+                    oriented = np.transpose(oriented, (1, 0, 2)) if t else oriented
+                    variants[pipeline.normalize(oriented).tobytes()] = (i, h + 2 * v + 4 * t)
     return [variants[im.tobytes()] for im in images]
 
 
@@ -122,6 +125,70 @@ def test_pairs_labels_targets_and_flips(source, index):
     # Different samples with the same metadata do occur, so same_meta is not same_sample.
     assert any(((b["same_meta"] == 1) & (b["same_sample"] == 0)).any() for b in batches)
     assert any(((b["same_meta"] == 0) & (b["same_sample"] == 0)).any() for b in batches)
+
+
+def test_flips_follow_the_original_draws(source):
+    """Pair g draws i0, the coin, (i1), then the flips h0 v0 h1 v1 from default_rng([seed, g])."""
+    seed, batch_size = 21, 12
+    batch = next(train(source, seed=seed, batch=batch_size))
+    groups = {}
+    for i, sample in enumerate(np.asarray(source.sample_ids)):
+        groups.setdefault(sample, []).append(i)
+    expected0, expected1 = [], []
+    for g in range(batch_size):
+        rng = np.random.default_rng([seed, g])
+        i0 = int(rng.integers(len(source)))
+        if rng.random() < 0.5:
+            members = sorted(groups[source.sample_ids[i0]])
+            i1 = members[int(rng.integers(len(members)))]
+        else:
+            i1 = int(rng.integers(len(source)))
+        h0, v0, h1, v1 = rng.random(4) < 0.5
+        expected0.append((i0, h0 + 2 * v0))
+        expected1.append((i1, h1 + 2 * v1))
+    assert identify(batch["image0"], source) == expected0
+    assert identify(batch["image1"], source) == expected1
+
+
+def test_dihedral_gives_all_eight_orientations_alike(source):
+    batches = take(train(source, seed=3, batch=50, augment="dihedral"), 8)
+    found = [identify(b[k], source, transposes=(0, 1)) for b in batches for k in ("image0", "image1")]
+    counts = np.bincount([f for image in found for _, f in image], minlength=8)
+    # 800 images; 4-sigma band around 100 each.
+    assert np.all(np.abs(counts - 100) < 4 * np.sqrt(800 / 8 * 7 / 8)), counts
+    # Same pairs and flips as "flips": the transpose is drawn after them.
+    plain = take(train(source, seed=3, batch=50), 8)
+    for b, p in zip(batches, plain, strict=True):
+        for key in ("image0", "image1"):
+            with_t = [(i, f % 4) for i, f in identify(b[key], source, transposes=(0, 1))]
+            assert with_t == identify(p[key], source)
+
+
+def test_grey_jitter_is_a_bounded_affine_map_per_image(source):
+    jitter = 0.1
+    plain = next(train(source, seed=4, batch=40, augment="dihedral"))
+    jittered = next(train(source, seed=4, batch=40, augment="dihedral", grey_jitter=jitter))
+    scales, shifts = [], []
+    for key in ("image0", "image1"):
+        for x, y in zip(plain[key], jittered[key], strict=True):
+            design = np.stack([x.ravel(), np.ones(x.size)], axis=1).astype(np.float64)
+            (a, b), *_ = np.linalg.lstsq(design, y.ravel().astype(np.float64), rcond=None)
+            np.testing.assert_allclose(a * x + b, y, atol=1e-5)
+            scales.append(a)
+            shifts.append(b)
+    assert np.all(np.abs(np.array(scales) - 1) <= jitter + 1e-6)
+    assert np.all(np.abs(shifts) <= jitter + 1e-6)
+    # Drawn per image: spread over most of the interval.
+    assert np.ptp(scales) > jitter and np.ptp(shifts) > jitter
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [(dict(augment="rotate"), "unknown augmentation 'rotate'"), (dict(grey_jitter=1.5), "grey_jitter")],
+)
+def test_bad_augmentation_settings_are_refused(source, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        train(source, **kwargs)
 
 
 def test_same_sample_rate(source):

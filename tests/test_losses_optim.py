@@ -61,6 +61,46 @@ def test_dsnn_loss_is_the_weighted_composite(weights):
     np.testing.assert_allclose(terms["loss_metadata"], _bce(outputs["p_rock"], m), rtol=1e-5)
 
 
+def test_target_scale_divides_each_targets_error():
+    rng = np.random.default_rng(3)
+    n, scale = 12, np.array([0.06, 0.15])
+    outputs = {k: rng.uniform(0.01, 0.99, n).astype(np.float32) for k in ("p", "p_img", "p_rock")}
+    outputs |= {k: (rng.standard_normal((n, 2)) * scale).astype(np.float32) for k in ("reg0", "reg1")}
+    batch = {
+        "same_sample": np.ones(n, np.float32),
+        "same_meta": np.ones(n, np.float32),
+        "targets0": (rng.standard_normal((n, 2)) * scale).astype(np.float32),
+        "targets1": (rng.standard_normal((n, 2)) * scale).astype(np.float32),
+    }
+    _, terms = losses.dsnn_loss(outputs, batch, losses.DSNN_LOSS_WEIGHTS, target_scale=tuple(scale))
+    expected = sum(_smooth_l1(outputs[f"reg{i}"] / scale, batch[f"targets{i}"] / scale) for i in (0, 1))
+    np.testing.assert_allclose(terms["loss_regression"], expected, rtol=1e-5)
+    # Unscaled, errors this small are in SmoothL1's quadratic range and weigh far less.
+    _, plain = losses.dsnn_loss(outputs, batch)
+    assert plain["loss_regression"] < expected / 20
+
+
+@pytest.mark.parametrize("warmup, decay", [(0, "cosine"), (10, "cosine"), (10, "constant")])
+def test_learning_rate_schedule_closed_form(warmup, decay):
+    peak, steps = 3e-4, 100
+    schedule = optim.learning_rate_schedule(peak, steps, warmup_steps=warmup, decay=decay)
+    for t in range(steps):
+        if t < warmup:
+            expected = peak * t / warmup
+        elif decay == "constant":
+            expected = peak
+        else:
+            expected = peak * 0.5 * (1 + np.cos(np.pi * (t - warmup) / (steps - warmup)))
+        np.testing.assert_allclose(float(schedule(t)), expected, rtol=1e-5, atol=1e-9, err_msg=str(t))
+
+
+def test_constant_learning_rate_is_a_plain_number():
+    # No schedule state in the optimiser, so checkpoints of runs without schedules keep their layout.
+    assert optim.learning_rate_schedule(1e-3, 50) == 1e-3
+    with pytest.raises(ValueError, match="unknown learning-rate decay 'linear'"):
+        optim.learning_rate_schedule(1e-3, 50, decay="linear")
+
+
 def test_adamw_amsgrad_matches_torch_over_several_steps():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(1)

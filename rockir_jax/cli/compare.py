@@ -1,6 +1,7 @@
 """rockir-compare: DSNN-R18, Siamese-R18, Siamese-R34 and Vanilla-R34 trained and evaluated on one split.
 
-    rockir-compare --out runs/comparison [--config configs/default.py] [--seeds 0 1 2] [--steps N] \
+    rockir-compare --out runs/comparison [--config configs/default.py] [--set KEY=VALUE ...] \
+        [--seeds 0 1 2] [--steps N] \
         [--models DSNN-R18 Vanilla-R34] [--reuse] [--db <folder>] [--metadata <csv>] \
         [--pretrained-resnet34 weights/resnet34]
 
@@ -27,7 +28,7 @@ import ml_collections
 import numpy as np
 
 from rockir_jax.cli import common
-from rockir_jax.configuration import load_config
+from rockir_jax.configuration import load_config, override
 from rockir_jax.data.database import DEFAULT_SPLIT
 from rockir_jax.jsonio import json_text
 from rockir_jax.retrieval.evaluation import evaluate
@@ -220,7 +221,8 @@ def seed_statistics(runs: Sequence[dict[str, float]]) -> tuple[dict[str, float],
     return mean, std
 
 
-def _cell(mean: float | None, std: float | None, several: bool) -> str:
+def mean_std_cell(mean: float | None, std: float | None, several: bool) -> str:
+    """A table cell: ``mean ± std`` over several seeds, the value of one, ``–`` for none."""
     if mean is None:
         return "–"
     return f"{mean:.3f} ± {std:.3f}" if several else f"{mean:.4f}"
@@ -250,7 +252,9 @@ def comparison_markdown(table: dict[str, Any], columns: Sequence[tuple[str, str]
     ]
     for row in table["models"]:
         cells = [row["name"], row["initialisation"], str(row["steps"])]
-        cells += [_cell(row["metrics"].get(key), row["metrics_std"].get(key), several) for key in keys]
+        cells += [
+            mean_std_cell(row["metrics"].get(key), row["metrics_std"].get(key), several) for key in keys
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -260,6 +264,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=common.path, required=True, help="output directory")
     parser.add_argument(
         "--config", type=common.path, default=Path("configs/default.py"), help="base config (.py/.json)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="assignments",
+        action="extend",
+        metavar="KEY=VALUE",
+        nargs="+",
+        default=[],
+        help="config values to change, e.g. learning_rate=1e-3 data.augment=dihedral",
     )
     parser.add_argument(
         "--seeds",
@@ -286,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def body() -> None:
         compare_models(
-            load_config(args.config),
+            override(load_config(args.config), args.assignments),
             args.out,
             seeds=args.seeds,
             models=args.models,

@@ -21,6 +21,7 @@ from rockir_jax.data.metadata import (
     TargetSpec,
     compute_targets,
     index_dataset,
+    limit_samples_per_reservoir,
     same_metadata,
     targets_to_physical,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "eval_iterator",
     "from_index",
     "index_dataset",
+    "limit_samples_per_reservoir",
     "load_split",
     "measure_pairs_per_second",
     "prepare",

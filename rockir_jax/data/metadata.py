@@ -339,6 +339,28 @@ def index_dataset(
     return _build_index(root, csv_path, digest, spec, meta, scanned)
 
 
+def limit_samples_per_reservoir(index: DatasetIndex, split: str, per_reservoir: int) -> DatasetIndex:
+    """``index`` with ``split`` cut to the first ``per_reservoir`` samples (by name) of each reservoir,
+    e.g. to train with few labelled samples; the other splits and the vocabularies stay as they are."""
+    if per_reservoir < 1:
+        raise ValueError(f"samples per reservoir must be at least 1, got {per_reservoir}")
+    table = index.splits[split]
+    kept: set[str] = set()
+    for reservoir in np.unique(table.reservoirs):
+        kept.update(sorted(set(table.samples[table.reservoirs == reservoir]))[:per_reservoir])
+    rows = np.flatnonzero(np.isin(table.samples, sorted(kept)))
+    limited = SplitTable(
+        paths=tuple(table.paths[i] for i in rows),
+        samples=table.samples[rows],
+        sample_ids=table.sample_ids[rows],
+        reservoirs=table.reservoirs[rows],
+        reservoir_ids=table.reservoir_ids[rows],
+        targets=table.targets[rows],
+        pixel_size=table.pixel_size[rows],
+    )
+    return dataclasses.replace(index, splits=index.splits | {split: limited})
+
+
 def shared_samples(samples_by_split: Mapping[str, Iterable[str]]) -> dict[str, tuple[str, ...]]:
     """The samples found in more than one split → those splits, in the given order."""
     where: dict[str, list[str]] = {}

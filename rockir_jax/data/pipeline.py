@@ -3,16 +3,20 @@
 Training pairs (:func:`train_iterator`) follow the original sampler: image 0 uniform over the
 split; with probability ``same_sample_probability`` image 1 uniform within image 0's sample,
 otherwise uniform over all images (so it can still be the same sample, and ``same_sample`` says so).
-Images are flipped horizontally and vertically with probability ½ each and mapped to
-``(x / 255 - 0.5) / 0.5``.
+Images are flipped horizontally and vertically with probability ½ each (``augment="flips"``, the
+original's) or also transposed with probability ½ (``"dihedral"``: all 8 rotations and reflections,
+each as likely, since a micro-CT slice has no preferred orientation) and mapped to
+``(x / 255 - 0.5) / 0.5``; ``grey_jitter`` > 0 then scales the contrast by ``1 + U(-j, j)`` and shifts
+the level by ``U(-j, j)``, per image, as scanners' calibrations differ.
 
 Determinism and resume: pair ``g`` of the *global* stream (global batch ``g // B``, row ``g % B``)
-draws everything (indices, coin, flips) from ``np.random.default_rng([seed, g])``. The stream is
-thus a pure function of the seed, independent of the number of workers and of processes; process
-``p`` of ``P`` takes rows ``[p * B/P, (p + 1) * B/P)`` of every global batch. An "epoch" is
-``len(source)`` pairs (:func:`steps_per_epoch` batches); the stream is infinite. The iterator's
-state is just the next batch number (plus worker bookkeeping with ``num_workers > 0``), so a
-restored iterator yields exactly the batches the interrupted run would have seen.
+draws everything (indices, coin, flips, then the further augmentations) from
+``np.random.default_rng([seed, g])``. The stream is thus a pure function of the seed, independent
+of the number of workers and of processes; process ``p`` of ``P`` takes rows
+``[p * B/P, (p + 1) * B/P)`` of every global batch. An "epoch" is ``len(source)`` pairs
+(:func:`steps_per_epoch` batches); the stream is infinite. The iterator's state is just the next
+batch number (plus worker bookkeeping with ``num_workers > 0``), so a restored iterator yields exactly
+the batches the interrupted run would have seen.
 
 Checkpointing with orbax: save and restore the iterator as one more item of the training checkpoint,
 with grain's orbax handler (writes ``process_<i>-of-<n>.json``, one per host)::
@@ -50,6 +54,8 @@ from rockir_jax.data.metadata import same_metadata
 from rockir_jax.data.sources import SplitSource
 
 Batch = dict[str, np.ndarray]
+
+AUGMENTATIONS = ("flips", "dihedral")
 
 # Bounded prefetch: grain's default (500 elements) would hold hundreds of full batches here.
 _READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)
@@ -114,30 +120,42 @@ class _PairBatches:
     local_batch_size: int
     same_sample_probability: float
     same_meta_tol: float
+    augment: str
+    grey_jitter: float
     group_start: np.ndarray  # per image: start of its sample's run in `group_members`
     group_size: np.ndarray  # per image: number of images of its sample
     group_members: np.ndarray  # image indices sorted by sample
 
-    def pair(self, g: int) -> tuple[int, int, np.ndarray]:
-        """(image 0, image 1, flips [h0, v0, h1, v1]) of global pair ``g``."""
+    def pair(self, g: int) -> tuple[int, int, np.ndarray, np.ndarray]:
+        """(image 0, image 1, orientations [[h0, v0, t0], [h1, v1, t1]], grey [[a0, b0], [a1, b1]]) of
+        global pair ``g``: flips, transpose, contrast factor and level shift per image."""
         rng = np.random.default_rng([self.seed, g])
         i0 = int(rng.integers(len(self.source)))
         if rng.random() < self.same_sample_probability:
             i1 = int(self.group_members[self.group_start[i0] + rng.integers(self.group_size[i0])])
         else:
             i1 = int(rng.integers(len(self.source)))
-        return i0, i1, rng.random(4) < 0.5
+        # Drawn in this order so that "flips" without jitter keeps the original's stream.
+        flips = (rng.random(4) < 0.5).reshape(2, 2)
+        transpose = rng.random(2) < 0.5 if self.augment == "dihedral" else np.zeros(2, bool)
+        grey = np.array([[1.0, 0.0], [1.0, 0.0]])
+        if self.grey_jitter > 0:
+            grey += rng.uniform(-self.grey_jitter, self.grey_jitter, (2, 2))
+        return i0, i1, np.column_stack([flips, transpose]), grey
 
     def __call__(self, step: int) -> Batch:
         start = step * self.global_batch_size + self.first_row
         pairs = [self.pair(g) for g in range(start, start + self.local_batch_size)]
         i0 = np.array([p[0] for p in pairs])
         i1 = np.array([p[1] for p in pairs])
-        # (h, v) flips of image 0 then of image 1, per pair.
-        flips = [p[2][:2] for p in pairs] + [p[2][2:] for p in pairs]
+        # Image 0 of every pair, then image 1.
+        orientations = [p[2][0] for p in pairs] + [p[2][1] for p in pairs]
+        grey = np.array([p[3][0] for p in pairs] + [p[3][1] for p in pairs], np.float32)
         records = _read(self.source.records, [*i0, *i1])
-        images = [_flip(np.asarray(r["image"]), *f) for r, f in zip(records, flips, strict=True)]
+        images = [_orient(np.asarray(r["image"]), *o) for r, o in zip(records, orientations, strict=True)]
         images = normalize(np.stack(images))
+        if self.grey_jitter > 0:
+            images = images * grey[:, 0, None, None, None] + grey[:, 1, None, None, None]
         t0, t1 = self.source.targets[i0], self.source.targets[i1]
         same_sample = self.source.sample_ids[i0] == self.source.sample_ids[i1]
         return {
@@ -150,11 +168,13 @@ class _PairBatches:
         }
 
 
-def _flip(image: np.ndarray, horizontal: bool, vertical: bool) -> np.ndarray:
+def _orient(image: np.ndarray, horizontal: bool, vertical: bool, transpose: bool) -> np.ndarray:
     if horizontal:
         image = image[:, ::-1]
     if vertical:
         image = image[::-1]
+    if transpose:
+        image = image.swapaxes(0, 1)
     return image
 
 
@@ -180,15 +200,21 @@ def train_iterator(
     process_count: int | None = None,
     same_sample_probability: float = 0.5,
     same_meta_tol: float = 0.1,
+    augment: str = "flips",
+    grey_jitter: float = 0.0,
 ) -> grain.DatasetIterator:
     """Infinite iterator of this process's share of each global batch of random pairs.
 
-    Each batch: ``image0``, ``image1`` float32 ``(B, S, S, 3)`` in [-1, 1]; ``targets0``,
+    Each batch: ``image0``, ``image1`` float32 ``(B, S, S, 3)`` in [-1, 1] (before grey jitter); ``targets0``,
     ``targets1`` float32 ``(B, T)``; ``same_sample``, ``same_meta`` float32 ``(B,)``, with
     ``B = global_batch_size / process_count``. Process index and count default to JAX's.
     """
     if len(source) == 0:
         raise ValueError("cannot sample pairs from an empty split")
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
+    if not 0 <= grey_jitter < 1:
+        raise ValueError(f"grey_jitter must be in [0, 1), got {grey_jitter}")
     first_row, local = _local_rows(global_batch_size, process_index, process_count)
     make_batch = _PairBatches(
         source,
@@ -198,6 +224,8 @@ def train_iterator(
         local,
         same_sample_probability,
         same_meta_tol,
+        augment,
+        grey_jitter,
         *_sample_groups(np.asarray(source.sample_ids)),
     )
     # Element = batch number; sys.maxsize makes it endless while keeping random access.

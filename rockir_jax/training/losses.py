@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax.numpy as jnp
 
@@ -27,19 +27,26 @@ def dsnn_loss(
     outputs: Mapping[str, jnp.ndarray],
     batch: Mapping[str, jnp.ndarray],
     weights: Mapping[str, float] = DSNN_LOSS_WEIGHTS,
+    target_scale: Sequence[float] | None = None,
 ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
     """``fused·BCE(p, same_sample·same_meta) + image·BCE(p_img, same_sample) + metadata·BCE(p_rock,
     same_meta) + regression·(SmoothL1(reg0, targets0) + SmoothL1(reg1, targets1))``, the weights by
-    name (:data:`DSNN_LOSS_WEIGHTS`); returns the loss and its terms."""
+    name (:data:`DSNN_LOSS_WEIGHTS`); returns the loss and its terms.
+
+    ``target_scale`` (one per target, e.g. the training split's standard deviations) divides each
+    target's error before the SmoothL1, so that every target weighs alike whatever its units; the
+    original has none (all 1).
+    """
     if set(weights) != set(DSNN_LOSS_WEIGHTS):
         raise ValueError(f"loss weights must name {sorted(DSNN_LOSS_WEIGHTS)}, got {sorted(weights)}")
+    scale = 1.0 if target_scale is None else jnp.asarray(target_scale, jnp.float32)
+    regression = lambda i: smooth_l1(outputs[f"reg{i}"] / scale, batch[f"targets{i}"] / scale)
     same_sample, same_meta = batch["same_sample"], batch["same_meta"]
     terms = {
         "loss_fused": binary_cross_entropy(outputs["p"], same_sample * same_meta),
         "loss_image": binary_cross_entropy(outputs["p_img"], same_sample),
         "loss_metadata": binary_cross_entropy(outputs["p_rock"], same_meta),
-        "loss_regression": smooth_l1(outputs["reg0"], batch["targets0"])
-        + smooth_l1(outputs["reg1"], batch["targets1"]),
+        "loss_regression": regression(0) + regression(1),
     }
     loss = sum(weights[name.removeprefix("loss_")] * term for name, term in terms.items())
     return loss, {"loss": loss, **terms}

@@ -1,4 +1,4 @@
-"""The original's optimiser, ``torch.optim.AdamW(amsgrad=True)``, as an optax chain.
+"""The original's optimiser, ``torch.optim.AdamW(amsgrad=True)``, as an optax chain; learning-rate schedules.
 
 ``optax.scale_by_amsgrad`` keeps the maximum of the bias-corrected second moment; torch keeps the maximum
 of the raw one and bias-corrects afterwards, which trains differently. Per step ``t``:
@@ -64,3 +64,28 @@ def adamw_amsgrad(
         optax.add_decayed_weights(weight_decay),
         optax.scale_by_learning_rate(learning_rate),
     )
+
+
+LEARNING_RATE_DECAYS = ("constant", "cosine")
+
+
+def learning_rate_schedule(
+    peak: float, num_train_steps: int, warmup_steps: int = 0, decay: str = "constant"
+) -> optax.ScalarOrSchedule:
+    """``peak`` after a linear warm-up of ``warmup_steps`` from 0; then constant, or a cosine decay to 0
+    at ``num_train_steps``. Without either, the number ``peak``: the optimiser state then has no step
+    count, as before schedules existed, so such checkpoints still resume."""
+    if decay not in LEARNING_RATE_DECAYS:
+        raise ValueError(
+            f"unknown learning-rate decay {decay!r}; choose one of {', '.join(LEARNING_RATE_DECAYS)}"
+        )
+    warmup = min(warmup_steps, num_train_steps)
+    if decay == "constant":
+        if warmup == 0:
+            return peak
+        after = optax.constant_schedule(peak)
+    else:
+        after = optax.cosine_decay_schedule(peak, max(1, num_train_steps - warmup))
+    if warmup == 0:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
