@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import ml_collections
 
 from rockir_jax.cli import common
-from rockir_jax.cli.compare import compare_models, mean_std_cell
+from rockir_jax.cli.compare import MODELS, compare_models, mean_std_cell
 from rockir_jax.configuration import load_config, override
 from rockir_jax.jsonio import json_text
 from rockir_jax.retrieval.metrics import PER_SAMPLE, metric_key, metric_label
@@ -150,7 +150,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="config values to change, e.g. learning_rate=1e-3 data.augment=dihedral",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
-    parser.add_argument("--models", nargs="+", default=["DSNN-R18", "Siamese-R18"], help="models")
+    parser.add_argument(
+        "--models", nargs="+", choices=MODELS, default=["DSNN-R18", "Siamese-R18"], help="models to train"
+    )
     parser.add_argument("--reuse", action="store_true", help="evaluate runs already under <out> as they are")
     parser.add_argument("-k", type=int, default=10, help="cut-off of the @k metrics")
     args: argparse.Namespace = parser.parse_args(argv)
