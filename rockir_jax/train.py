@@ -68,8 +68,9 @@ def _initial_variables(model, config: ml_collections.ConfigDict) -> dict[str, An
     return variables
 
 
-def _prepare_data(config: ml_collections.ConfigDict) -> dict[str, data.SplitSource]:
-    """Validates the data set (raising :class:`data.DataValidationError`) and opens its splits."""
+def dataset_index(config: ml_collections.ConfigDict) -> data.DatasetIndex:
+    """The config's validated data set (raising :class:`data.DataValidationError`), its training split
+    cut to ``data.train_samples_per_reservoir`` samples per reservoir when that is set."""
     index = data.index_dataset(
         config.data.root,
         config.data.metadata,
@@ -78,6 +79,12 @@ def _prepare_data(config: ml_collections.ConfigDict) -> dict[str, data.SplitSour
     )
     if config.data.train_samples_per_reservoir:
         index = data.limit_samples_per_reservoir(index, "train", config.data.train_samples_per_reservoir)
+    return index
+
+
+def _prepare_data(config: ml_collections.ConfigDict) -> dict[str, data.SplitSource]:
+    """Validates the data set and opens its splits."""
+    index = dataset_index(config)
     workers = config.data.get("prepare_workers", 0) or runtime.cpu_count()
     cache = data.prepare(index, config.image_size, config.data.cache_dir, workers=workers)
     return {split: data.load_split(cache, split) for split in ("train", "val") if index.splits.get(split)}

@@ -2,7 +2,7 @@
 
     python scripts/few_shot.py --out runs/few_shot [--config configs/default.py] [--set KEY=VALUE ...] \
         [--samples 1 2 4] \
-        [--seeds 0 1 2] [--models DSNN-R18 Siamese-R18] [--reuse]
+        [--seeds 0 1 2] [--models DSNN-R18 Siamese-R18 Texture] [--reuse]
 
 For each count N every model trains, with each seed, on only the first N samples (by name) of each
 reservoir of the training split (``data.train_samples_per_reservoir``) into ``<out>/<N>_per_reservoir``

@@ -14,7 +14,7 @@ PAPER = ("dsnn_resnet18", "siamese_resnet18", "siamese_resnet34")
 ORIGINAL_OBJECTIVE = (*PAPER, "original_recipe")
 
 
-@pytest.mark.parametrize("name", ("default", *ORIGINAL_OBJECTIVE))
+@pytest.mark.parametrize("name", ("default", "quality", *ORIGINAL_OBJECTIVE))
 def test_config_loads_with_every_part_named(name):
     config = importlib.import_module(f"configs.{name}").get_config()
     assert config.model in ("dsnn", "siamese") and config.backbone in ("resnet18", "resnet34")

@@ -1,4 +1,4 @@
-"""rockir-compare: DSNN-R18, Siamese-R18, Siamese-R34 and Vanilla-R34 trained and evaluated on one split.
+"""rockir-compare: DSNN-R18, Siamese-R18 and Siamese-R34 trained, and the baselines, evaluated on one split.
 
     rockir-compare --out runs/comparison [--config configs/default.py] [--set KEY=VALUE ...] \
         [--seeds 0 1 2] [--steps N] \
@@ -8,7 +8,9 @@
 The three trained models share the base config except for ``model``, ``backbone`` and ``seed``
 (ResNet-18 runs keep the config's ``pretrained`` weights; ResNet-34 ones get ``--pretrained-resnet34``,
 else a random initialisation), train into ``<out>/runs/<name>/seed<s>`` and are evaluated, with the
-vanilla baseline at the same input size, into ``<out>/eval/<name>/seed<s>``. Each model's row holds
+vanilla baseline at the same input size and the texture baseline (grey histogram and radial power
+spectrum, :mod:`rockir_jax.retrieval.texture`, fitted on the config's training split), into
+``<out>/eval/<name>/seed<s>``. Each model's row holds
 the mean and the standard deviation (ddof 1) of every metric over the seeds. The table goes to
 ``<out>/comparison.md`` and ``<out>/comparison.json``.
 """
@@ -29,12 +31,13 @@ import numpy as np
 
 from rockir_jax.cli import common
 from rockir_jax.configuration import load_config, override
-from rockir_jax.data.database import DEFAULT_SPLIT
+from rockir_jax.data.database import DEFAULT_SPLIT, list_images
 from rockir_jax.jsonio import json_text
-from rockir_jax.retrieval.evaluation import evaluate
+from rockir_jax.retrieval.evaluation import evaluate, report_index
 from rockir_jax.retrieval.loading import load_model
 from rockir_jax.retrieval.metrics import PER_SAMPLE, metric_key, metric_label
-from rockir_jax.train import train_and_evaluate
+from rockir_jax.retrieval.texture import fit_texture_baseline
+from rockir_jax.train import dataset_index, train_and_evaluate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +55,8 @@ TRAINED = (
     Entry("Siamese-R34", "siamese", "resnet34"),
 )
 VANILLA = Entry("Vanilla-R34", "vanilla", "resnet34")
-MODELS = tuple(entry.name for entry in (*TRAINED, VANILLA))
+TEXTURE = Entry("Texture", "texture", "none")
+MODELS = tuple(entry.name for entry in (*TRAINED, VANILLA, TEXTURE))
 """Every model's name, in table order."""
 
 COLUMNS = (
@@ -145,39 +149,41 @@ def compare_models(
     db = Path(db if db is not None else base.data.root)
     metadata_csv = metadata_csv if metadata_csv is not None else base.data.metadata
     seeds = list(seeds) if seeds else [int(base.seed)]
+    where = dict(metadata_csv=metadata_csv, split=split, k=k, figures=figures)
     rows = []
-    for entry in (entry for entry in (*TRAINED, VANILLA) if entry.name in models):
+    for entry in (entry for entry in (*TRAINED, VANILLA, TEXTURE) if entry.name in models):
         runs = []
         for seed in seeds:
             name = f"{entry.name}/seed{seed}"
-            if entry is VANILLA:
-                train_seconds = None
-                model = load_model(
-                    vanilla=entry.backbone,
-                    pretrained=pretrained_resnet34,
-                    image_size=base.image_size,
-                    seed=seed,
-                )
-                init = _initialisation(pretrained_resnet34)
+            train_seconds, steps_done, image_size = None, 0, base.image_size
+            if entry is TEXTURE:
+                # Deterministic: every seed gives the same row, a std of 0.
+                start = time.perf_counter()
+                baseline = fit_texture_baseline(dataset_index(base).splits["train"], base.image_size)
+                train_seconds = time.perf_counter() - start
+                table = list_images(db, metadata_csv, split)
+                report = report_index(baseline.index(table), db, out / "eval" / name, **where)
+                init = "none (ridge fitted on the training split)"
             else:
-                config = run_config(base, entry, pretrained_resnet34, steps, seed)
-                train_seconds = train_or_reuse(config, out / "runs" / name, reuse)
-                model = load_model(out / "runs" / name)
-                init = _initialisation(config.pretrained)
-            report = evaluate(
-                model,
-                db,
-                out / "eval" / name,
-                metadata_csv=metadata_csv,
-                split=split,
-                k=k,
-                figures=figures,
-                batch_size=base.eval_batch_size,
-            )
+                if entry is VANILLA:
+                    model = load_model(
+                        vanilla=entry.backbone,
+                        pretrained=pretrained_resnet34,
+                        image_size=base.image_size,
+                        seed=seed,
+                    )
+                    init = _initialisation(pretrained_resnet34)
+                else:
+                    config = run_config(base, entry, pretrained_resnet34, steps, seed)
+                    train_seconds = train_or_reuse(config, out / "runs" / name, reuse)
+                    model = load_model(out / "runs" / name)
+                    init = _initialisation(config.pretrained)
+                steps_done, image_size = model.identity.get("step", 0), model.image_size
+                report = evaluate(model, db, out / "eval" / name, batch_size=base.eval_batch_size, **where)
             runs.append(
                 {
                     "seed": seed,
-                    "steps": model.identity.get("step", 0),
+                    "steps": steps_done,
                     "train_seconds": train_seconds,
                     "metrics": report["metrics"],
                 }
@@ -190,7 +196,7 @@ def compare_models(
                 "backbone": entry.backbone,
                 "initialisation": init,
                 "steps": runs[0]["steps"],
-                "image_size": model.image_size,
+                "image_size": image_size,
                 "seeds": seeds,
                 "metrics": mean,
                 "metrics_std": std,
@@ -282,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--steps", type=int, help="training steps (default: the config's)")
     parser.add_argument(
-        "--models", nargs="+", choices=MODELS, default=MODELS, help="models to compare (default: all four)"
+        "--models", nargs="+", choices=MODELS, default=MODELS, help="models to compare (default: all)"
     )
     parser.add_argument(
         "--reuse", action="store_true", help="evaluate runs already under <out>/runs as they are"

@@ -19,8 +19,8 @@ import jax
 import numpy as np
 
 from rockir_jax import sharding
-from rockir_jax.data.database import DEFAULT_SPLIT, list_images, training_samples
-from rockir_jax.data.metadata import SplitTable, targets_to_physical
+from rockir_jax.data.database import DEFAULT_SPLIT, DEFAULT_TARGETS, list_images, training_samples
+from rockir_jax.data.metadata import SplitTable, TargetSpec, targets_to_physical
 from rockir_jax.data.sources import from_table
 from rockir_jax.jsonio import json_text
 from rockir_jax.retrieval.embed import embed_source, make_embed_step, validation_metrics
@@ -55,25 +55,36 @@ def embed_table(
 
 
 def build_index(model: LoadedModel, table: SplitTable, batch_size: int = 64) -> RetrievalIndex:
-    """Embeds ``table`` and returns its :class:`RetrievalIndex`, predictions in physical units where
-    the pixel size is known (NaN elsewhere; the raw ``predicted_targets`` are always kept)."""
+    """Embeds ``table`` and returns its :class:`RetrievalIndex` (:func:`table_index`)."""
     embedded = embed_table(model, table, batch_size)
-    true_porosity, true_permeability = targets_to_physical(table.targets, table.pixel_size, model.target_spec)
+    return table_index(table, embedded["embedding"], model.identity, embedded.get("reg"), model.target_spec)
+
+
+def table_index(
+    table: SplitTable,
+    embeddings: np.ndarray,
+    identity: dict[str, Any],
+    predicted_targets: np.ndarray | None = None,
+    target_spec: TargetSpec = DEFAULT_TARGETS,
+) -> RetrievalIndex:
+    """The :class:`RetrievalIndex` of ``table``'s images with their ``embeddings`` and, when a model
+    predicts, its raw ``predicted_targets`` (N, T), also in physical units where the pixel size is
+    known (NaN elsewhere)."""
+    true_porosity, true_permeability = targets_to_physical(table.targets, table.pixel_size, target_spec)
     predictions: dict[str, np.ndarray] = {}
-    if "reg" in embedded:
-        reg = embedded["reg"]
-        porosity, permeability = targets_to_physical(reg, table.pixel_size, model.target_spec)
+    if predicted_targets is not None:
+        porosity, permeability = targets_to_physical(predicted_targets, table.pixel_size, target_spec)
         predictions = {
-            "predicted_targets": reg[:, :2],
+            "predicted_targets": predicted_targets[:, :2],
             "predicted_porosity": porosity,
             "predicted_permeability": permeability,
         }
     return RetrievalIndex(
-        embeddings=embedded["embedding"],
+        embeddings=embeddings,
         paths=np.array(table.paths),
         samples=table.samples,
         reservoirs=table.reservoirs,
-        model=model.identity,
+        model=identity,
         true_porosity=true_porosity,
         true_permeability=true_permeability,
         **predictions,
@@ -166,12 +177,39 @@ def evaluate(
     samples that also have slices there (a slice-level split), else it is None.
     Launched as several processes, all embed their share and return the report; process 0 writes.
     """
-    out = Path(out)
     table = list_images(db, metadata_csv, split, model.target_spec)
     usable_k(len(table), k)  # fails before embedding when the database is too small
     index = build_index(model, table, batch_size)
+    return report_index(
+        index,
+        db,
+        out,
+        metadata_csv=metadata_csv,
+        split=split,
+        k=k,
+        figures=figures,
+        perm_unit=perm_unit,
+        target_spec=model.target_spec,
+    )
+
+
+def report_index(
+    index: RetrievalIndex,
+    db: str | Path,
+    out: str | Path,
+    *,
+    metadata_csv: str | Path | None = None,
+    split: str = DEFAULT_SPLIT,
+    k: int = 10,
+    figures: int = 3,
+    perm_unit: str = "",
+    target_spec: TargetSpec = DEFAULT_TARGETS,
+) -> dict[str, Any]:
+    """The evaluation of :func:`evaluate` for an index already built from ``db`` (e.g. by
+    :mod:`rockir_jax.retrieval.texture`): writes the same files and returns the same report."""
+    out = Path(out)
     report = {"db": str(Path(db).absolute()), "split": split} | summary(index, k)
-    train = training_samples(db, metadata_csv, model.target_spec)
+    train = training_samples(db, metadata_csv, target_spec)
     report["seen_in_training"] = seen_in_training(index, train)
     report["metrics"] = evaluate_index(index, report["k"])
     # Every process of a multi-process run holds the same index and metrics; one writes them.

@@ -29,7 +29,7 @@ from rockir_jax.physics import (
 )
 from rockir_jax.synth.render import render_slices
 from rockir_jax.synth.reservoirs import RESERVOIRS, Reservoir
-from rockir_jax.synth.volumes import FLOW_AXIS, make_volume
+from rockir_jax.synth.volumes import FLOW_AXIS, Rock, make_volume
 from rockir_jax.volumes.layout import sample_folder, slice_filename
 from rockir_jax.volumes.slicing import even_positions
 
@@ -123,15 +123,31 @@ def draw_params(reservoir: Reservoir, rng: np.random.Generator) -> dict[str, flo
 # --- one sample -----------------------------------------------------------------------------------
 
 
+def _draw_volume(
+    config: DatasetConfig, reservoir_index: int, sample_index: int, attempt: int
+) -> tuple[dict[str, float | int], Rock, np.random.SeedSequence]:
+    """One attempt's parameters, volume and the seed of its rendering."""
+    reservoir = RESERVOIRS[reservoir_index]
+    seq = sample_seed_sequence(config.seed, reservoir_index, sample_index, attempt)
+    param_seq, volume_seq, render_seq = seq.spawn(3)
+    params = draw_params(reservoir, np.random.default_rng(param_seq))
+    shape = (config.volume_size,) * 3
+    rock = make_volume(reservoir.generator, shape, params, np.random.default_rng(volume_seq))
+    return params, rock, render_seq
+
+
+def regenerate_volume(config: DatasetConfig, record: Mapping[str, Any]) -> Rock:
+    """The volume of a generated sample, rebuilt from its generation record (``generation.json``'s
+    ``samples``) without measuring or rendering it again."""
+    return _draw_volume(config, record["reservoir_index"], record["sample_index"], record["attempt"])[1]
+
+
 def generate_sample(config: DatasetConfig, reservoir_index: int, sample_index: int) -> SampleResult:
     """Generate, measure and render one sample, redrawing volumes that do not percolate."""
     reservoir = RESERVOIRS[reservoir_index]
     shape = (config.volume_size,) * 3
     for attempt in range(config.max_attempts):
-        seq = sample_seed_sequence(config.seed, reservoir_index, sample_index, attempt)
-        param_seq, volume_seq, render_seq = seq.spawn(3)
-        params = draw_params(reservoir, np.random.default_rng(param_seq))
-        rock = make_volume(reservoir.generator, shape, params, np.random.default_rng(volume_seq))
+        params, rock, render_seq = _draw_volume(config, reservoir_index, sample_index, attempt)
         k_voxel2 = permeability_voxel2(rock.pore)
         if k_voxel2 > 0:
             break
