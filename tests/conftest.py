@@ -1,6 +1,8 @@
 """Test configuration: 8 emulated CPU devices, set before jax is first imported."""
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 
@@ -10,7 +12,10 @@ if _DEVICE_FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Trainer tests compile the same programs several times: a per-session persistent cache keeps
 # the recompiles from dominating the suite.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="rockir_jax_xla_"))
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _XLA_CACHE = tempfile.mkdtemp(prefix="rockir_jax_xla_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
+    atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
