@@ -187,3 +187,12 @@ def test_a_volume_is_rebuilt_from_its_generation_record(metadata: pd.DataFrame, 
     assert porosity(pore) == pytest.approx(row["Porosity"], rel=1e-9)
     surface = specific_surface(pore) / (record["voxel_size_um"] * 1e-6)
     assert surface == pytest.approx(row["Specific_surface"], rel=1e-9)
+
+
+def test_a_cemented_packing_fills_a_volume_taller_than_a_thousand_grains() -> None:
+    pytest.importorskip("porespy")
+    # ~2,500 spheres of radius 3 fill this column; porespy's default stops at 1,000 and leaves its top open.
+    rock = volumes.cemented_packing((480, 32, 32), radius=3, cement=0.0, rng=np.random.default_rng(0))
+    solid_per_quarter = [1 - quarter.mean() for quarter in np.array_split(rock.pore, 4, axis=0)]
+    # A random sphere pack is 50-64 % solid throughout (loose to close packing).
+    assert all(0.45 < solid < 0.66 for solid in solid_per_quarter), solid_per_quarter

@@ -93,8 +93,11 @@ def cemented_packing(shape: Sequence[int], radius: int, cement: float, rng: np.r
     """Pseudo-gravity sphere packing whose pores shrink by ``cement`` voxels of grain overgrowth."""
     import porespy as ps
 
+    # porespy stops after ``maxiter`` spheres (1000 by default), which leaves the top of a large
+    # volume empty: allow as many spheres as the volume could hold.
+    most_spheres = int(np.prod(shape) / (4 / 3 * np.pi * radius**3)) + 1
     grains = ps.generators.pseudo_gravity_packing(
-        shape=list(shape), r=radius, edges="extended", seed=legacy_seed(rng)
+        shape=list(shape), r=radius, edges="extended", maxiter=most_spheres, seed=legacy_seed(rng)
     )
     pore_depth = ndi.distance_transform_edt(grains == 0)
     return Rock(_remove_thin_pores(pore_depth > cement), None)
