@@ -54,6 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
     # flips (the original: horizontal, vertical) | dihedral (also transposed: all 8 orientations)
     config.data.augment = "dihedral"
     config.data.grey_jitter = 0.0  # > 0: per-image contrast × (1 ± j) and level ± j, uniform
+    # > 0: this share of the training pairs takes image 1 from image 0's reservoir instead of from
+    # anywhere (at most 0.5: half the pairs share a sample, as in the original).
+    config.data.same_reservoir_probability = 0.0
     config.data.extra_targets = ()  # further numeric CSV columns to regress
     # Refuse a sample with slices in several splits (default: allowed, with a warning).
     config.data.disjoint_samples = False

@@ -193,6 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         num_workers=config.data.num_workers,
         augment=config.data.augment,
         grey_jitter=config.data.grey_jitter,
+        same_reservoir_probability=config.data.same_reservoir_probability,
     )
     runtime.wait_for_all_processes("data and initial state ready")
     checkpointer = Checkpointer(

@@ -184,9 +184,14 @@ def test_grey_jitter_is_a_bounded_affine_map_per_image(source):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [(dict(augment="rotate"), "unknown augmentation 'rotate'"), (dict(grey_jitter=1.5), "grey_jitter")],
+    [
+        (dict(augment="rotate"), "unknown augmentation 'rotate'"),
+        (dict(grey_jitter=1.5), "grey_jitter"),
+        (dict(same_reservoir_probability=0.6), "add up to at most 1, got 0.5 and 0.6"),
+        (dict(same_reservoir_probability=-0.1), "must be ≥ 0"),
+    ],
 )
-def test_bad_augmentation_settings_are_refused(source, kwargs, message):
+def test_bad_sampling_settings_are_refused(source, kwargs, message):
     with pytest.raises(ValueError, match=message):
         train(source, **kwargs)
 
@@ -292,3 +297,24 @@ def test_steps_per_epoch_and_throughput(source):
     assert pipeline.steps_per_epoch(10, 4) == 3
     assert pipeline.steps_per_epoch(8, 4) == 2
     assert pipeline.measure_pairs_per_second(source, 8, num_workers=0, num_batches=2) > 0
+
+
+def test_same_reservoir_rate(source):
+    # Reservoirs by file prefix: AAA (AAA001 with 2 images, AAA002 with 3) and BBB (BBB001 with 5),
+    # told apart here by porosity (AAA's 0.20 and 0.205, BBB's 0.30).
+    def shares(**kwargs):
+        batches = take(train(source, seed=9, batch=500, **kwargs), 8)
+        porosity = [np.concatenate([b[key][:, 0] for b in batches]) for key in ("targets0", "targets1")]
+        reservoir = [p > 0.25 for p in porosity]
+        same_sample = np.concatenate([b["same_sample"] for b in batches])
+        return (reservoir[0] == reservoir[1]).mean(), same_sample.mean()
+
+    n = 4000
+    # Half the pairs within the sample, the other half within the reservoir: always the same reservoir.
+    assert shares(same_reservoir_probability=0.5)[0] == 1.0
+    # Half within the reservoir, half uniform: same reservoir 1/2 + 1/2 * ((5/10)^2 + (5/10)^2) = 0.75;
+    # same sample 1/2 * (2/10 * 2/5 + 3/10 * 3/5 + 5/10 * 5/5) + 1/2 * (4 + 9 + 25) / 100 = 0.57
+    # (a draw within the sample instead would give 0.69).
+    reservoir, sample = shares(same_sample_probability=0.0, same_reservoir_probability=0.5)
+    assert abs(reservoir - 0.75) < 4 * np.sqrt(0.75 * 0.25 / n)
+    assert abs(sample - 0.57) < 4 * np.sqrt(0.57 * 0.43 / n)

@@ -3,6 +3,9 @@
 Training pairs (:func:`train_iterator`) follow the original sampler: image 0 uniform over the
 split; with probability ``same_sample_probability`` image 1 uniform within image 0's sample,
 otherwise uniform over all images (so it can still be the same sample, and ``same_sample`` says so).
+``same_reservoir_probability`` > 0 (not in the original) takes that share of the pairs from the
+remaining draws uniform within image 0's reservoir instead, which gives the metadata branch positives
+from other samples of a rock type.
 Images are flipped horizontally and vertically with probability ½ each (``augment="flips"``, the
 original's) or also transposed with probability ½ (``"dihedral"``: all 8 rotations and reflections,
 each as likely, since a micro-CT slice has no preferred orientation) and mapped to
@@ -119,20 +122,23 @@ class _PairBatches:
     first_row: int
     local_batch_size: int
     same_sample_probability: float
+    same_reservoir_probability: float
     same_meta_tol: float
     augment: str
     grey_jitter: float
-    group_start: np.ndarray  # per image: start of its sample's run in `group_members`
-    group_size: np.ndarray  # per image: number of images of its sample
-    group_members: np.ndarray  # image indices sorted by sample
+    samples: _Groups
+    reservoirs: _Groups
 
     def pair(self, g: int) -> tuple[int, int, np.ndarray, np.ndarray]:
         """(image 0, image 1, orientations [[h0, v0, t0], [h1, v1, t1]], grey [[a0, b0], [a1, b1]]) of
         global pair ``g``: flips, transpose, contrast factor and level shift per image."""
         rng = np.random.default_rng([self.seed, g])
         i0 = int(rng.integers(len(self.source)))
-        if rng.random() < self.same_sample_probability:
-            i1 = int(self.group_members[self.group_start[i0] + rng.integers(self.group_size[i0])])
+        coin = rng.random()
+        if coin < self.same_sample_probability:
+            i1 = self.samples.draw(i0, rng)
+        elif coin < self.same_sample_probability + self.same_reservoir_probability:
+            i1 = self.reservoirs.draw(i0, rng)
         else:
             i1 = int(rng.integers(len(self.source)))
         # Drawn in this order so that "flips" without jitter keeps the original's stream.
@@ -178,16 +184,30 @@ def _orient(image: np.ndarray, horizontal: bool, vertical: bool, transpose: bool
     return image
 
 
-def _sample_groups(sample_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    members = np.argsort(sample_ids, kind="stable")
-    _, first, inverse, counts = np.unique(
-        sample_ids[members], return_index=True, return_inverse=True, return_counts=True
-    )
-    group_start = np.empty(len(sample_ids), np.int64)
-    group_size = np.empty(len(sample_ids), np.int64)
-    group_start[members] = first[inverse]
-    group_size[members] = counts[inverse]
-    return group_start, group_size, members
+@dataclasses.dataclass(frozen=True)
+class _Groups:
+    """Images grouped by an id (sample or reservoir), for drawing a partner from an image's group."""
+
+    start: np.ndarray  # per image: start of its group's run in `members`
+    size: np.ndarray  # per image: number of images in its group
+    members: np.ndarray  # image indices sorted by group
+
+    @classmethod
+    def of(cls, ids: Sequence[int]) -> _Groups:
+        ids = np.asarray(ids)
+        members = np.argsort(ids, kind="stable")
+        _, first, inverse, counts = np.unique(
+            ids[members], return_index=True, return_inverse=True, return_counts=True
+        )
+        start = np.empty(len(ids), np.int64)
+        size = np.empty(len(ids), np.int64)
+        start[members] = first[inverse]
+        size[members] = counts[inverse]
+        return cls(start, size, members)
+
+    def draw(self, image: int, rng: np.random.Generator) -> int:
+        """An image uniform within ``image``'s group (possibly ``image`` itself)."""
+        return int(self.members[self.start[image] + rng.integers(self.size[image])])
 
 
 def train_iterator(
@@ -199,6 +219,7 @@ def train_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     same_sample_probability: float = 0.5,
+    same_reservoir_probability: float = 0.0,
     same_meta_tol: float = 0.1,
     augment: str = "flips",
     grey_jitter: float = 0.0,
@@ -215,6 +236,15 @@ def train_iterator(
         raise ValueError(f"unknown augmentation {augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
     if not 0 <= grey_jitter < 1:
         raise ValueError(f"grey_jitter must be in [0, 1), got {grey_jitter}")
+    if not (
+        same_sample_probability >= 0
+        and same_reservoir_probability >= 0
+        and same_sample_probability + same_reservoir_probability <= 1
+    ):
+        raise ValueError(
+            "same_sample_probability and same_reservoir_probability must be ≥ 0 and add up to at most 1, "
+            f"got {same_sample_probability} and {same_reservoir_probability}"
+        )
     first_row, local = _local_rows(global_batch_size, process_index, process_count)
     make_batch = _PairBatches(
         source,
@@ -223,10 +253,12 @@ def train_iterator(
         first_row,
         local,
         same_sample_probability,
+        same_reservoir_probability,
         same_meta_tol,
         augment,
         grey_jitter,
-        *_sample_groups(np.asarray(source.sample_ids)),
+        _Groups.of(source.sample_ids),
+        _Groups.of(source.reservoir_ids),
     )
     # Element = batch number; sys.maxsize makes it endless while keeping random access.
     return _finish(grain.MapDataset.range(sys.maxsize).map(make_batch), num_workers)
