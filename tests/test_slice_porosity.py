@@ -16,7 +16,7 @@ def test_the_slices_of_the_bundled_set(tmp_path, capsys):
     # SPH: the cheapest generator; the script checks each rebuilt porosity against metadata.csv.
     slice_porosity.main(["--data", str(DATASET), "--reservoirs", "SPH", "--out", str(tmp_path)])
     table = pd.read_csv(tmp_path / "slice_porosity.csv")
-    assert sorted(set(table["sample"])) == ["SPHS07", "SPHS08"] and len(table) == 24
+    assert sorted(set(table["sample"])) == ["SPHS07", "SPHS08"] and len(table) == 32
     # Slices are planes of their volume: their pore fractions scatter about its porosity, and each
     # volume's porosity is the CSV's (to its 10 digits; one voxel is 5e-7).
     csv = pd.read_csv(DATASET / "metadata.csv").set_index("Image")
@@ -24,8 +24,8 @@ def test_the_slices_of_the_bundled_set(tmp_path, capsys):
         np.testing.assert_allclose(group["volume_porosity"], csv.at[sample, "Porosity"], atol=1e-9)
         assert 0 < group["slice_porosity"].std() < 0.05
         assert abs(group["slice_porosity"].mean() - csv.at[sample, "Porosity"]) < 0.02
-    assert "| SPH | 2 | 24 |" in (tmp_path / "slice_porosity.md").read_text()
-    assert "| all | 2 | 24 |" in capsys.readouterr().out
+    assert "| SPH | 2 | 32 |" in (tmp_path / "slice_porosity.md").read_text()
+    assert "| all | 2 | 32 |" in capsys.readouterr().out
 
 
 def test_summary_against_float64_numpy():
