@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from rockir_jax.physics import MILLIDARCY_M2, porosity, spanning_pores, specific_surface
+from rockir_jax.physics import MILLIDARCY_M2, porosity, spanning_pores
 from rockir_jax.synth import dataset, render, volumes
 from rockir_jax.volumes.layout import slice_filename
 
@@ -174,19 +174,6 @@ def test_regeneration_reproduces_the_bundled_sample(metadata: pd.DataFrame, gene
         else:
             # The images are bit-identical; the flow solve's last digits depend on the SciPy build.
             assert row[column] == pytest.approx(value, rel=1e-5), column
-
-
-def test_a_volume_is_rebuilt_from_its_generation_record(metadata: pd.DataFrame, generation: dict) -> None:
-    pytest.importorskip("porespy")
-    config = dataset.DatasetConfig(**generation["config"])
-    # overlapping_grains: the cheapest generator; its measured porosity and surface are in the CSV
-    record = next(s for s in generation["samples"] if s["generator"] == "overlapping_grains")
-    pore = dataset.regenerate_volume(config, record).pore
-    row = metadata.set_index("Image").loc[record["sample"]]
-    assert pore.shape == tuple(record["volume_shape"])
-    assert porosity(pore) == pytest.approx(row["Porosity"], rel=1e-9)
-    surface = specific_surface(pore) / (record["voxel_size_um"] * 1e-6)
-    assert surface == pytest.approx(row["Specific_surface"], rel=1e-9)
 
 
 def test_a_cemented_packing_fills_a_volume_taller_than_a_thousand_grains() -> None:
