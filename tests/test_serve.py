@@ -35,7 +35,6 @@ from rockir_jax.training.checkpoint import restore_variables
 
 ROCKS = Path(__file__).parents[1] / "datasets" / "synthetic_rocks"
 QUERY = ROCKS / "db_test" / "BLBS07_slice0.png"
-CSV_PIXEL_SIZE = 4.0  # BLBS07's Pixelsize in the bundled metadata
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +97,8 @@ def test_upload_hits_and_prediction_match_brute_force(served):
     assert answer["query"]["sample"] == "BLBS07" and answer["query"]["reservoir"] == "BLB"
     prediction = answer["prediction"]
     assert prediction["porosity"] == pytest.approx(reg[0], rel=1e-4, abs=1e-6)
-    assert prediction["permeability"] == pytest.approx(10 ** (5 * reg[1]) * CSV_PIXEL_SIZE**2, rel=1e-4)
+    pixel_size = csv.loc["BLBS07", "Pixelsize"]
+    assert prediction["permeability"] == pytest.approx(10 ** (5 * reg[1]) * pixel_size**2, rel=1e-4)
     assert prediction["permeability_unit"] == "mD" and not prediction["scaled"]
 
     # A pixel size given overrides the CSV's; an unknown sample without one gets the scaled target.
