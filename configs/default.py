@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.conv_algorithm = "auto"
 
     config.global_batch_size = 16
-    config.num_train_steps = 150
+    config.num_train_steps = 300
     # > 0: train for this many epochs of ceil(train images / global_batch_size) steps instead, as the
     # original did (one epoch = as many pairs as training images); num_train_steps is then ignored.
     config.num_epochs = 0
@@ -30,8 +30,11 @@ def get_config() -> ml_collections.ConfigDict:
     # (devices that train; on a CPU host with emulated devices, that count, e.g. one per core).
     config.scale_learning_rate_by_devices = False
     config.weight_decay = 1e-5
-    config.warmup_steps = 15  # linear warm-up from 0 to learning_rate
+    config.warmup_steps = 30  # linear warm-up from 0 to learning_rate
     config.learning_rate_decay = "cosine"  # constant | cosine (to 0 at the last step)
+    # > 0: validate and export an exponential moving average of the weights, with this decay (its
+    # first steps faster: min(decay, (1 + step) / (10 + step))); 0: the weights as trained.
+    config.ema_decay = 0.0
     config.seed = 0
     config.num_devices = 0  # devices to train on; 0 = the most that split the batch evenly
     # DSNN: the image and rock backbones on separate halves of an even device count (branch parallel);
@@ -57,6 +60,9 @@ def get_config() -> ml_collections.ConfigDict:
     # > 0: this share of the training pairs takes image 1 from image 0's reservoir instead of from
     # anywhere (at most 0.5: half the pairs share a sample, as in the original).
     config.data.same_reservoir_probability = 0.0
+    # The metadata branch's label: measurements (porosity and permeability within 10 %, the original)
+    # | reservoir (the same reservoir, the CSV's rock label)
+    config.data.metadata_label = "measurements"
     config.data.extra_targets = ()  # further numeric CSV columns to regress
     # Refuse a sample with slices in several splits (default: allowed, with a warning).
     config.data.disjoint_samples = False

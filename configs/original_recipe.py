@@ -12,13 +12,17 @@ from configs import default
 
 
 def use_original_objective(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Sets the original's loss, targets, augmentation and (unscheduled) learning rate, in place."""
+    """Sets the original's loss, targets, pairs, labels, augmentation and (unscheduled) learning rate, and
+    no weight average, in place."""
     config.loss_weights = ml_collections.ConfigDict(dict(fused=1.0, image=1.0, metadata=1.0, regression=10.0))
     config.standardize_targets = False
     config.warmup_steps = 0
     config.learning_rate_decay = "constant"
     config.data.augment = "flips"
     config.data.grey_jitter = 0.0
+    config.data.same_reservoir_probability = 0.0
+    config.data.metadata_label = "measurements"
+    config.ema_decay = 0.0
     return config
 
 

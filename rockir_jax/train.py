@@ -100,13 +100,18 @@ class Validator:
 
     def __call__(self, state: step_lib.TrainState) -> dict[str, float]:
         config, val = self.config, self.sources["val"]
-        pairs = data.train_iterator(val, global_batch_size=config.global_batch_size, seed=config.seed + 1)
+        pairs = data.train_iterator(
+            val,
+            global_batch_size=config.global_batch_size,
+            seed=config.seed + 1,
+            metadata_label=config.data.get("metadata_label", "measurements"),
+        )
         pair_metrics = [
             jax.device_get(self.eval_step(state, sharding.shard_batch(next(pairs), self.mesh)))
             for _ in range(config.eval_pair_batches)
         ]
         metrics = {f"{k}": float(np.mean([m[k] for m in pair_metrics])) for k in pair_metrics[0]}
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        variables = {"params": state.eval_params(), "batch_stats": state.batch_stats}
         embed = functools.partial(
             embed_source, self.embed_step, variables, mesh=self.mesh, batch_size=config.eval_batch_size
         )
@@ -185,7 +190,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         decay=config.learning_rate_decay,
     )
     tx = adamw_amsgrad(learning_rate, weight_decay=config.weight_decay)
-    state = step_lib.create_train_state(model, _initial_variables(model, config), tx)
+    state = step_lib.create_train_state(
+        model, _initial_variables(model, config), tx, ema_decay=config.get("ema_decay", 0.0)
+    )
     train_iter = data.train_iterator(
         sources["train"],
         global_batch_size=config.global_batch_size,
@@ -194,6 +201,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         augment=config.data.augment,
         grey_jitter=config.data.grey_jitter,
         same_reservoir_probability=config.data.same_reservoir_probability,
+        metadata_label=config.data.get("metadata_label", "measurements"),
     )
     runtime.wait_for_all_processes("data and initial state ready")
     checkpointer = Checkpointer(

@@ -28,7 +28,8 @@ def test_configs_that_keep_the_original_objective(name):
     # The original: no schedule, h/v flips only, raw regression targets weighted 10.
     assert config.warmup_steps == 0 and config.learning_rate_decay == "constant"
     assert config.data.augment == "flips" and config.data.grey_jitter == 0.0
-    assert not config.standardize_targets
+    assert config.data.same_reservoir_probability == 0.0 and config.data.metadata_label == "measurements"
+    assert not config.standardize_targets and config.ema_decay == 0.0
     assert config.loss_weights.to_dict() == DSNN_LOSS_WEIGHTS
 
 

@@ -189,6 +189,7 @@ def test_grey_jitter_is_a_bounded_affine_map_per_image(source):
         (dict(grey_jitter=1.5), "grey_jitter"),
         (dict(same_reservoir_probability=0.6), "add up to at most 1, got 0.5 and 0.6"),
         (dict(same_reservoir_probability=-0.1), "must be ≥ 0"),
+        (dict(metadata_label="rock"), "unknown metadata label 'rock'; choose one of measurements, reservoir"),
     ],
 )
 def test_bad_sampling_settings_are_refused(source, kwargs, message):
@@ -318,3 +319,20 @@ def test_same_reservoir_rate(source):
     reservoir, sample = shares(same_sample_probability=0.0, same_reservoir_probability=0.5)
     assert abs(reservoir - 0.75) < 4 * np.sqrt(0.75 * 0.25 / n)
     assert abs(sample - 0.57) < 4 * np.sqrt(0.57 * 0.43 / n)
+
+
+def test_metadata_label_by_measurements_or_by_reservoir(source):
+    # Reservoirs AAA (porosity 0.20 and 0.205) and BBB (0.30), as in test_same_reservoir_rate.
+    kwargs = dict(seed=3, batch=400, same_sample_probability=0.0, same_reservoir_probability=0.3)
+    for label in ("measurements", "reservoir"):
+        batch = take(train(source, metadata_label=label, **kwargs), 1)[0]
+        t0, t1 = batch["targets0"].astype(np.float64), batch["targets1"].astype(np.float64)
+        if label == "reservoir":
+            expected = (t0[:, 0] > 0.25) == (t1[:, 0] > 0.25)
+        else:
+            expected = np.abs((t0 - t1) / t1).sum(axis=1) < 0.1
+        np.testing.assert_array_equal(batch["same_meta"], expected.astype(np.float32))
+        assert 0 < expected.mean() < 1
+        if label == "reservoir":
+            # Different samples of one reservoir: positives here, not by measurements.
+            assert (expected & (batch["same_sample"] == 0) & (np.abs(t0[:, 0] - t1[:, 0]) > 0.004)).any()

@@ -74,6 +74,29 @@ def test_branch_parallel_step_equals_one_device(model_and_variables, reference, 
     assert _max_error(state.params, variables["params"])[0] > 1e-3, "the step changed the parameters"
 
 
+def test_branch_parallel_moving_average_follows_the_one_device_step(model_and_variables, reference):
+    model, variables = model_and_variables
+    layout = layout_lib.plan(jax.devices()[:2], GLOBAL_BATCH, branch_parallel=True)
+    decay = 0.99
+    state = layout.place(
+        step.create_train_state(model, jax.tree.map(np.copy, variables), optax.sgd(0.005), ema_decay=decay)
+    )
+    assert state.ema_params["backbones"]["conv1"]["kernel"].sharding.spec == jax.sharding.PartitionSpec(
+        "branch"
+    )
+    state, _ = layout.train_step(model, losses.dsnn_loss)(
+        state, layout.shard_batch(pair_batch(GLOBAL_BATCH, IMAGE_SIZE, seed=11))
+    )
+    state = jax.device_get(layout.canonical(state))
+    keep = min(decay, 2 / 11)  # after one step
+    expected = jax.tree.map(
+        lambda before, after: keep * np.float64(before) + (1 - keep) * np.float64(after),
+        variables["params"],
+        reference[0].params,
+    )
+    assert _max_error(state.ema_params, expected)[0] <= 1e-5, _max_error(state.ema_params, expected)
+
+
 def test_each_backbone_lives_on_its_own_branch(model_and_variables):
     model, variables = model_and_variables
     layout = layout_lib.plan(jax.devices()[:2], GLOBAL_BATCH, branch_parallel=True)

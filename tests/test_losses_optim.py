@@ -125,3 +125,38 @@ def test_adamw_amsgrad_matches_torch_over_several_steps():
         jax_params = jax.tree.map(lambda p, u: p + u, jax_params, updates)
     for k, p in torch_params.items():
         np.testing.assert_allclose(jax_params[k], p.detach().numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_moving_average_of_the_parameters_closed_form():
+    """``TrainState.apply_gradients`` keeps ``ema_params`` as the float64 recurrence from the initial
+    parameters, with the decay capped by ``(1 + t) / (10 + t)`` at step ``t``; training is unchanged."""
+    import optax
+
+    from rockir_jax.training.step import TrainState
+
+    rng = np.random.default_rng(0)
+    params = {"w": rng.normal(size=(3, 2)).astype(np.float32), "b": rng.normal(size=2).astype(np.float32)}
+    grads = [jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params) for _ in range(30)]
+    decay = 0.9
+    states = {
+        ema: TrainState.create(
+            apply_fn=None,
+            params=params,
+            tx=optax.sgd(0.1),
+            ema_params=params if ema else None,
+            ema_decay=decay if ema else 0.0,
+        )
+        for ema in (True, False)
+    }
+    expected = jax.tree.map(lambda p: p.astype(np.float64), params)
+    for t, grad in enumerate(grads, start=1):
+        states = {ema: state.apply_gradients(grads=grad) for ema, state in states.items()}
+        keep = min(decay, (1 + t) / (10 + t))
+        current = jax.tree.map(lambda p: np.asarray(p, np.float64), states[False].params)
+        expected = jax.tree.map(lambda e, p, keep=keep: keep * e + (1 - keep) * p, expected, current)
+    for name in params:
+        np.testing.assert_array_equal(states[True].params[name], states[False].params[name])
+        np.testing.assert_allclose(states[True].ema_params[name], expected[name], rtol=1e-5, atol=1e-6)
+        assert np.abs(expected[name] - current[name]).max() > 1e-2, "the average lags the parameters"
+    assert states[True].eval_params() is states[True].ema_params
+    assert states[False].eval_params() is states[False].params

@@ -20,7 +20,7 @@ from PIL import Image
 from configs import default
 from rockir_jax import train
 from rockir_jax.training import layout as layout_lib
-from rockir_jax.training.checkpoint import Checkpointer
+from rockir_jax.training.checkpoint import Checkpointer, restore_variables
 
 SIZE = 32
 RESERVOIRS = {"AAA": (0.10, 5.0), "BBB": (0.20, 300.0), "CCC": (0.30, 8000.0)}
@@ -211,7 +211,8 @@ def test_resume_after_sigkill_is_bit_identical(toy_without_val, cache, uninterru
 def test_branch_parallel_run_checkpoints_the_model_layout_and_resumes_bit_identical(
     toy_without_val, cache, tmp_path, monkeypatch
 ):
-    config = tiny_config(toy_without_val, cache, num_train_steps=4, num_devices=2)
+    # With a moving average of the weights: it is checkpointed, resumed and what evaluation reads.
+    config = tiny_config(toy_without_val, cache, num_train_steps=4, num_devices=2, ema_decay=0.9)
     assert config.branch_parallel
     whole, crashed = tmp_path / "whole", tmp_path / "crashed"
     train.train_and_evaluate(config, whole)
@@ -224,6 +225,10 @@ def test_branch_parallel_run_checkpoints_the_model_layout_and_resumes_bit_identi
     state = final_state(whole)
     assert {"image_backbone", "rock_backbone", "head", "regression"} == set(state["params"])
     _assert_trees_equal(final_state(crashed), state)
+    evaluated, _ = restore_variables(whole / "checkpoints", step=4)
+    _assert_trees_equal(evaluated["params"], state["ema_params"])
+    kernel = lambda params: np.asarray(params["rock_backbone"]["conv1"]["kernel"])
+    assert not np.array_equal(kernel(state["ema_params"]), kernel(state["params"]))
 
 
 def test_eight_devices_train_like_one(toy_without_val, cache, tmp_path):

@@ -59,6 +59,9 @@ from rockir_jax.data.sources import SplitSource
 Batch = dict[str, np.ndarray]
 
 AUGMENTATIONS = ("flips", "dihedral")
+# What makes a pair's metadata "the same" (the label of the metadata branch): its porosity and
+# permeability within a tolerance (the original), or its reservoir (the CSV's rock label).
+METADATA_LABELS = ("measurements", "reservoir")
 
 # Bounded prefetch: grain's default (500 elements) would hold hundreds of full batches here.
 _READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)
@@ -124,6 +127,7 @@ class _PairBatches:
     same_sample_probability: float
     same_reservoir_probability: float
     same_meta_tol: float
+    metadata_label: str
     augment: str
     grey_jitter: float
     samples: _Groups
@@ -164,13 +168,17 @@ class _PairBatches:
             images = images * grey[:, 0, None, None, None] + grey[:, 1, None, None, None]
         t0, t1 = self.source.targets[i0], self.source.targets[i1]
         same_sample = self.source.sample_ids[i0] == self.source.sample_ids[i1]
+        if self.metadata_label == "reservoir":
+            same_meta = self.source.reservoir_ids[i0] == self.source.reservoir_ids[i1]
+        else:
+            same_meta = same_metadata(t0, t1, self.same_meta_tol)
         return {
             "image0": images[: len(pairs)],
             "image1": images[len(pairs) :],
             "targets0": t0,
             "targets1": t1,
             "same_sample": same_sample.astype(np.float32),
-            "same_meta": same_metadata(t0, t1, self.same_meta_tol).astype(np.float32),
+            "same_meta": same_meta.astype(np.float32),
         }
 
 
@@ -221,6 +229,7 @@ def train_iterator(
     same_sample_probability: float = 0.5,
     same_reservoir_probability: float = 0.0,
     same_meta_tol: float = 0.1,
+    metadata_label: str = "measurements",
     augment: str = "flips",
     grey_jitter: float = 0.0,
 ) -> grain.DatasetIterator:
@@ -229,11 +238,17 @@ def train_iterator(
     Each batch: ``image0``, ``image1`` float32 ``(B, S, S, 3)`` in [-1, 1] (before grey jitter); ``targets0``,
     ``targets1`` float32 ``(B, T)``; ``same_sample``, ``same_meta`` float32 ``(B,)``, with
     ``B = global_batch_size / process_count``. Process index and count default to JAX's.
+    ``same_meta`` is 1 for targets within ``same_meta_tol`` (``metadata_label="measurements"``) or for
+    the same reservoir (``"reservoir"``).
     """
     if len(source) == 0:
         raise ValueError("cannot sample pairs from an empty split")
     if augment not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
+    if metadata_label not in METADATA_LABELS:
+        raise ValueError(
+            f"unknown metadata label {metadata_label!r}; choose one of {', '.join(METADATA_LABELS)}"
+        )
     if not 0 <= grey_jitter < 1:
         raise ValueError(f"grey_jitter must be in [0, 1), got {grey_jitter}")
     if not (
@@ -255,6 +270,7 @@ def train_iterator(
         same_sample_probability,
         same_reservoir_probability,
         same_meta_tol,
+        metadata_label,
         augment,
         grey_jitter,
         _Groups.of(source.sample_ids),

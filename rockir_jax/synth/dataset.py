@@ -144,18 +144,47 @@ def regenerate_volume(config: DatasetConfig, record: Mapping[str, Any]) -> Rock:
 
 def generate_sample(config: DatasetConfig, reservoir_index: int, sample_index: int) -> SampleResult:
     """Generate, measure and render one sample, redrawing volumes that do not percolate."""
-    reservoir = RESERVOIRS[reservoir_index]
-    shape = (config.volume_size,) * 3
     for attempt in range(config.max_attempts):
         params, rock, render_seq = _draw_volume(config, reservoir_index, sample_index, attempt)
         k_voxel2 = permeability_voxel2(rock.pore)
         if k_voxel2 > 0:
-            break
-    else:
-        raise RuntimeError(
-            f"{sample_name(reservoir.code, sample_index)}: no percolating volume in "
-            f"{config.max_attempts} attempts"
-        )
+            return _sample_result(
+                config, reservoir_index, sample_index, attempt, params, rock, render_seq, k_voxel2
+            )
+    name = sample_name(RESERVOIRS[reservoir_index].code, sample_index)
+    raise RuntimeError(f"{name}: no percolating volume in {config.max_attempts} attempts")
+
+
+def regenerate_sample(
+    config: DatasetConfig, record: Mapping[str, Any], k_voxel2: float | None = None
+) -> SampleResult:
+    """A generated sample rebuilt from its generation record (``generation.json``'s ``samples``): its
+    volume, slices and CSV row. The flow is solved again unless its permeability ``k_voxel2`` (voxel²)
+    is given; the solve is most of the time."""
+    reservoir_index, sample_index, attempt = (
+        record["reservoir_index"],
+        record["sample_index"],
+        record["attempt"],
+    )
+    params, rock, render_seq = _draw_volume(config, reservoir_index, sample_index, attempt)
+    if k_voxel2 is None:
+        k_voxel2 = permeability_voxel2(rock.pore)
+    return _sample_result(config, reservoir_index, sample_index, attempt, params, rock, render_seq, k_voxel2)
+
+
+def _sample_result(
+    config: DatasetConfig,
+    reservoir_index: int,
+    sample_index: int,
+    attempt: int,
+    params: dict[str, float | int],
+    rock: Rock,
+    render_seq: np.random.SeedSequence,
+    k_voxel2: float,
+) -> SampleResult:
+    """Renders and measures a drawn volume of permeability ``k_voxel2``."""
+    reservoir = RESERVOIRS[reservoir_index]
+    shape = (config.volume_size,) * 3
     positions = even_positions(shape[FLOW_AXIS], config.slices)
     images = render_slices(rock, positions, reservoir.minerals, render_seq, config.image_size)
     pore = rock.pore

@@ -35,12 +35,15 @@ from rockir_jax.training.step import TrainState
 
 
 def _state_tree(state: TrainState) -> dict[str, Any]:
-    return {
+    tree = {
         "step": state.step,
         "params": state.params,
         "batch_stats": state.batch_stats,
         "opt_state": state.opt_state,
     }
+    if state.ema_params is not None:
+        tree["ema_params"] = state.ema_params
+    return tree
 
 
 class Checkpointer:
@@ -113,7 +116,8 @@ class Checkpointer:
 
 def restore_variables(directory: str | Path, step: int | None = None) -> tuple[dict[str, Any], int]:
     """``({"params", "batch_stats"}, step)`` of a run's checkpoint (default: the best, else the latest),
-    as host numpy arrays whatever devices saved them; the optimiser state is not read."""
+    as host numpy arrays whatever devices saved them; the optimiser state is not read. A run that kept
+    a moving average of its parameters gives that average as ``params``."""
     directory = Path(directory).absolute()
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: no checkpoint directory")
@@ -129,12 +133,13 @@ def restore_variables(directory: str | Path, step: int | None = None) -> tuple[d
         if step not in steps:
             raise FileNotFoundError(f"{directory}: no checkpoint of step {step} (it has {list(steps)})")
         saved = manager.item_metadata(step)["state"].tree
-        item = {"params": saved["params"], "batch_stats": saved["batch_stats"]}
+        params_key = "ema_params" if "ema_params" in saved else "params"
+        item = {params_key: saved[params_key], "batch_stats": saved["batch_stats"]}
         args = ocp.args.PyTreeRestore(
             item=item, restore_args=sharding.host_restore_args(item), partial_restore=True
         )
-        variables = manager.restore(step, args=ocp.args.Composite(state=args))["state"]
-    return variables, step
+        restored = manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+    return {"params": restored[params_key], "batch_stats": restored["batch_stats"]}, step
 
 
 MODEL_FORMAT = "rockir_jax.model"

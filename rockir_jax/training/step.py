@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
 from flax.training import train_state
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
@@ -25,10 +26,33 @@ from rockir_jax.sharding import DATA_AXIS
 LossFn = Callable[[Mapping[str, jnp.ndarray], Mapping[str, jnp.ndarray]], tuple[jnp.ndarray, dict]]
 
 
+def ema_rate(decay: float, step: jnp.ndarray) -> jnp.ndarray:
+    """The moving average's decay after ``step`` updates: ``min(decay, (1 + step) / (10 + step))``, so that
+    the first steps do not leave the average tied to the initial parameters."""
+    step = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
 class TrainState(train_state.TrainState):
-    """flax's TrainState plus BatchNorm running statistics."""
+    """flax's TrainState plus BatchNorm running statistics and, with ``ema_decay`` > 0, an exponential
+    moving average of the parameters (``ema_params``) that validation and exported models use."""
 
     batch_stats: Any = None
+    ema_params: Any = None
+    ema_decay: float = struct.field(pytree_node=False, default=0.0)
+
+    def apply_gradients(self, *, grads: Any, **kwargs: Any) -> TrainState:
+        """One optimiser step, then the moving average moves towards the new parameters."""
+        state = super().apply_gradients(grads=grads, **kwargs)
+        if state.ema_params is None:
+            return state
+        keep = ema_rate(self.ema_decay, state.step)
+        ema = jax.tree.map(lambda e, p: keep * e + (1.0 - keep) * p, state.ema_params, state.params)
+        return state.replace(ema_params=ema)
+
+    def eval_params(self) -> Any:
+        """The parameters to evaluate: the moving average when kept, else the current ones."""
+        return self.params if self.ema_params is None else self.ema_params
 
 
 def init_variables(model: nn.Module, rng: jax.Array, image_size: int) -> dict[str, Any]:
@@ -38,14 +62,23 @@ def init_variables(model: nn.Module, rng: jax.Array, image_size: int) -> dict[st
 
 
 def create_train_state(
-    model: nn.Module, variables: Mapping[str, Any], tx: optax.GradientTransformation
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    tx: optax.GradientTransformation,
+    ema_decay: float = 0.0,
 ) -> TrainState:
-    """A fresh train state (step 0, new optimiser state) around ``variables``."""
+    """A fresh train state (step 0, new optimiser state) around ``variables``; with ``ema_decay`` in
+    (0, 1) it also keeps a moving average of the parameters, starting from them."""
+    if not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay={ema_decay}: must be in [0, 1) (0: no moving average)")
+    params = variables["params"]
     return TrainState.create(
         apply_fn=model.apply,
-        params=variables["params"],
+        params=params,
         batch_stats=variables.get("batch_stats", {}),
         tx=tx,
+        ema_params=jax.tree.map(jnp.array, params) if ema_decay > 0 else None,
+        ema_decay=ema_decay,
     )
 
 
@@ -83,11 +116,12 @@ def make_train_step(
 
 
 def make_eval_step(mesh: Mesh, loss_fn: LossFn) -> Callable[[TrainState, Mapping[str, jax.Array]], dict]:
-    """``eval_step(state, batch) -> metrics``: the loss terms with running BatchNorm statistics."""
+    """``eval_step(state, batch) -> metrics``: the loss terms with running BatchNorm statistics (and the
+    moving average of the parameters when kept)."""
 
     def per_device(state: TrainState, batch):
         outputs = state.apply_fn(
-            {"params": state.params, "batch_stats": state.batch_stats},
+            {"params": state.eval_params(), "batch_stats": state.batch_stats},
             batch["image0"],
             batch["image1"],
             train=False,
