@@ -1,7 +1,7 @@
-"""Default: DSNN-ResNet-18 on the bundled synthetic digital rocks, sized for 2 CPU cores (< 10 min).
+"""Default: DSNN-ResNet-18 on the bundled synthetic digital rocks, sized for 2 CPU cores.
 
-The best recipe measured so far (docs/quality.md): standardised regression targets, all 8 orientations,
-a warm-up and cosine decay from 1e-3. ``configs/original_recipe.py`` is the same run with the original
+The recipe: standardised regression targets, all 8 orientations, a warm-up and cosine decay from 1e-3
+(what each part does: docs/quality.md). ``configs/original_recipe.py`` is the same run with the original
 RockIR's objective.
 
 python -m rockir_jax.train --config configs/default.py --workdir runs/default
@@ -41,8 +41,12 @@ def get_config() -> ml_collections.ConfigDict:
     # False, or an odd count, runs both on every device (data parallel).
     config.branch_parallel = True
     # DSNN loss: fused·BCE(p) + image·BCE(p_img) + metadata·BCE(p_rock) + regression·SmoothL1
-    # (the original: 1, 1, 1, 10 on raw targets)
-    config.loss_weights = ml_collections.ConfigDict(dict(fused=1.0, image=1.0, metadata=1.0, regression=1.0))
+    # + embedding·SupCon (the original: 1, 1, 1, 10 on raw targets, no embedding term)
+    config.loss_weights = ml_collections.ConfigDict(
+        dict(fused=1.0, image=1.0, metadata=1.0, regression=1.0, embedding=0.0)
+    )
+    # the embedding term: supervised contrastive on the retrieval embeddings, reservoirs as labels
+    config.embedding_temperature = 0.1
     # Divide each regression target's error by its std over the training images, so that porosity and
     # log-permeability weigh alike (the original: False).
     config.standardize_targets = True

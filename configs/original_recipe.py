@@ -14,7 +14,9 @@ from configs import default
 def use_original_objective(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Sets the original's loss, targets, pairs, labels, augmentation and (unscheduled) learning rate, and
     no weight average, in place."""
-    config.loss_weights = ml_collections.ConfigDict(dict(fused=1.0, image=1.0, metadata=1.0, regression=10.0))
+    config.loss_weights = ml_collections.ConfigDict(
+        dict(fused=1.0, image=1.0, metadata=1.0, regression=10.0, embedding=0.0)
+    )
     config.standardize_targets = False
     config.warmup_steps = 0
     config.learning_rate_decay = "constant"

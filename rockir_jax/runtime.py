@@ -10,17 +10,19 @@ import itertools
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import TextIO
 
 import jax
+from absl import flags as absl_flags
 from absl import logging as absl_logging
 from jax._src import distributed as jax_distributed
 from tqdm import tqdm
 
+from rockir_jax.run_folder import LOG_FILE
+
 COMPILATION_CACHE = Path("~/.cache/rockir_jax/xla")
-LOG_FILE = "log.txt"
-"""The log file :func:`configure_logging` writes in a run's or a command's output directory."""
 
 logger = logging.getLogger("rockir_jax")
 """The package's logger: its records are the console's lines; every module logs under it."""
@@ -62,6 +64,20 @@ class _ConsoleHandler(logging.Handler):
             self.handleError(record)
 
 
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as log records: the package's as a console line ``warning: …`` without a source path,
+    other libraries' to the log file (and the console with ``verbose``)."""
+    if Path(filename).resolve().is_relative_to(_PACKAGE_DIR):
+        logger.warning("%s", message)
+    else:
+        logging.getLogger("py.warnings").warning(
+            "%s:%s: %s: %s", filename, lineno, category.__name__, message
+        )
+
+
 def configure_logging(log_dir: str | Path | None, verbose: bool = False) -> Path | None:
     """Sends the package's messages to the console and everything else to ``<log_dir>/log.txt``.
 
@@ -97,6 +113,7 @@ def configure_logging(log_dir: str | Path | None, verbose: bool = False) -> Path
     # absl's logger (orbax, TFDS and grain log through it) keeps a level of its own after flag
     # parsing; NOTSET makes it follow the root's.
     logging.getLogger("absl").setLevel(logging.NOTSET)
+    warnings.showwarning = _show_warning
     return path
 
 
@@ -158,10 +175,13 @@ def enable_compilation_cache() -> None:
 
 
 def set_up_command_line_run() -> None:
-    """What every entry point does first: one CPU device per core, memory reuse, the compilation cache."""
+    """What every entry point does first: one CPU device per core, memory reuse, the compilation cache,
+    and absl's flags marked parsed (the commands define none; grain's worker processes read them)."""
     use_one_cpu_device_per_core()
     reuse_freed_memory()
     enable_compilation_cache()
+    if not absl_flags.FLAGS.is_parsed():
+        absl_flags.FLAGS.mark_as_parsed()
 
 
 HEARTBEAT_TIMEOUT_SECONDS = 30

@@ -7,7 +7,7 @@ Every comparison runs in the same process run on the same machine, with repetiti
 reported as medians and ratios:
 
 1. **train**: DSNN pairs/s of the jitted sharded step on a fixed device-resident batch, branch parallel
-   (what training uses on an even device count) and data parallel (:mod:`rockir_jax.training.layout`),
+   (what training uses on an even device count) and data parallel (:mod:`rockir_jax.training.device_layout`),
    against an eager PyTorch version of the original's step (two torchvision ResNet-18 trunks, gated and
    regression heads, BCE + smooth-L1 loss, ``AdamW(amsgrad=True)``), written here from the original's code.
 2. **search**: queries/s of :class:`~rockir_jax.retrieval.KnnIndex` against ``faiss.IndexFlatL2`` at its
@@ -16,7 +16,7 @@ reported as medians and ratios:
    (:func:`faiss_worker`) that the benchmark drives trial by trial over a pipe.
 3. **pipeline**: grain training pairs/s (0 and N workers) against the train step's consumption.
 4. **embed**: images/s of the sharded DSNN embedding step.
-5. **cache build**: images/s of :func:`rockir_jax.data.prepare` (decode, resize, write ArrayRecord)
+5. **cache build**: images/s of :func:`rockir_jax.data.build_image_cache` (decode, resize, write ArrayRecord)
    with 1, 2, … worker processes, against 1.
 6. **serve** (``--serve``, on its own): p50 and p95 latency of ``POST /api/search`` through the search
    page's ASGI app, one query slice against an index of random embeddings, sequential and concurrent.
@@ -55,7 +55,7 @@ from rockir_jax import data, runtime, sharding
 from rockir_jax.models import build_model
 from rockir_jax.retrieval import KnnIndex
 from rockir_jax.retrieval.embed import make_embed_step
-from rockir_jax.training import layout as layout_lib
+from rockir_jax.training import device_layout
 from rockir_jax.training import step as step_lib
 from rockir_jax.training.losses import dsnn_loss
 from rockir_jax.training.optim import adamw_amsgrad
@@ -187,6 +187,32 @@ def round_ratio_quartiles(
 # ------------------------------------------------------------------------------------------ train step
 
 
+def measure_pairs_per_second(
+    source: data.SplitSource, global_batch_size: int, num_workers: int, num_batches: int, seed: int = 0
+) -> float:
+    """Training pairs per second of this pipeline on one process, after a warm-up batch.
+
+    The warm-up excludes worker start-up; the rate covers ``num_batches`` further batches.
+    """
+    iterator = data.train_iterator(
+        source,
+        global_batch_size=global_batch_size,
+        seed=seed,
+        num_workers=num_workers,
+        process_index=0,
+        process_count=1,
+    )
+    try:
+        next(iterator)
+        start = time.perf_counter()
+        for _ in range(num_batches):
+            next(iterator)
+        elapsed = time.perf_counter() - start
+    finally:
+        iterator.close()
+    return num_batches * global_batch_size / elapsed
+
+
 def pair_batch(batch: int, image_size: int, seed: int = 0) -> dict[str, np.ndarray]:
     """A fixed random batch of DSNN training pairs (NHWC images, labels, regression targets)."""
     rng = np.random.default_rng(seed)
@@ -198,6 +224,8 @@ def pair_batch(batch: int, image_size: int, seed: int = 0) -> dict[str, np.ndarr
         "same_meta": rng.integers(0, 2, batch).astype(np.float32),
         "targets0": rng.uniform(0, 1, (batch, 2)).astype(np.float32),
         "targets1": rng.uniform(0, 1, (batch, 2)).astype(np.float32),
+        "reservoir0": rng.integers(0, 3, batch).astype(np.int32),
+        "reservoir1": rng.integers(0, 3, batch).astype(np.int32),
     }
 
 
@@ -216,7 +244,10 @@ def jax_dsnn(
 
 
 def jax_train_trial(
-    model: nn.Module, variables: Mapping[str, Any], batch: Mapping[str, np.ndarray], layout: layout_lib.Layout
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    batch: Mapping[str, np.ndarray],
+    layout: device_layout.Layout,
 ) -> Callable[[], None]:
     """One call = one jitted sharded DSNN train step on a device-resident batch, waited for."""
     # The step donates its state: copy, so the caller's variables (shared with the embed trial) survive.
@@ -335,12 +366,12 @@ def jax_embed_trial(
     return lambda: jax.block_until_ready(embed_step(placed, device_images))
 
 
-def train_layouts(config: BenchConfig) -> dict[str, layout_lib.Layout]:
+def train_layouts(config: BenchConfig) -> dict[str, device_layout.Layout]:
     """The train step's layouts to measure: branch parallel (first) where the device count allows it,
     and data parallel."""
     devices = config.devices()
-    layouts = {"data parallel": layout_lib.plan(devices, config.batch, requested=len(devices))}
-    branch = layout_lib.plan(devices, config.batch, requested=len(devices), branch_parallel=True)
+    layouts = {"data parallel": device_layout.plan(devices, config.batch, requested=len(devices))}
+    branch = device_layout.plan(devices, config.batch, requested=len(devices), branch_parallel=True)
     return {"branch parallel": branch, **layouts} if branch.branch_parallel else layouts
 
 
@@ -568,9 +599,9 @@ def pipeline_rows(config: BenchConfig, image_size: int, step_pairs_per_s: float)
     index = data.index_dataset(root, root / "metadata.csv")
     rows = []
     with tempfile.TemporaryDirectory(prefix="rockir_bench_tfds_") as cache:
-        source = data.load_split(data.prepare(index, image_size, cache), "train")
+        source = data.load_split(data.build_image_cache(index, image_size, cache), "train")
         for workers in config.pipeline_workers:
-            rate = data.measure_pairs_per_second(source, config.batch, workers, config.pipeline_batches)
+            rate = measure_pairs_per_second(source, config.batch, workers, config.pipeline_batches)
             rows.append(
                 Row(
                     "pipeline",
@@ -624,7 +655,7 @@ def cache_rows(config: BenchConfig, image_size: int) -> list[Row]:
         for name, index in sources.items():
 
             def build(count: int, index: data.DatasetIndex = index) -> Path:
-                return data.prepare(index, image_size, scratch / str(next(builds)), workers=count)
+                return data.build_image_cache(index, image_size, scratch / str(next(builds)), workers=count)
 
             images = sum(len(table) for table in index.splits.values())
             build(max(workers))  # warm-up: starts the workers' fork server and fills the page cache

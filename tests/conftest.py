@@ -23,3 +23,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
 if SCRIPTS not in sys.path:
     sys.path.insert(0, SCRIPTS)
+
+# grain's worker processes read absl flags; the commands mark them parsed, as a program must.
+from absl import flags  # noqa: E402
+
+if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()

@@ -16,8 +16,8 @@ from test_evaluate import make_rocks, short_config
 from rockir_jax.retrieval import load_index
 from rockir_jax.retrieval.evaluation import evaluate
 from rockir_jax.retrieval.loading import load_model
-from rockir_jax.train import train_and_evaluate
 from rockir_jax.training.checkpoint import export_model, read_model_dir, restore_variables
+from rockir_jax.training.trainer import train_and_evaluate
 
 REPO = Path(__file__).parents[1]
 
@@ -29,7 +29,7 @@ from pathlib import Path
 import jax
 from rockir_jax.cli import evaluate, export, search
 from rockir_jax.configuration import load_config
-from rockir_jax.train import train_and_evaluate
+from rockir_jax.training.trainer import train_and_evaluate
 
 run, root, out, model_dir = map(Path, sys.argv[1:5])
 if len(jax.devices()) == 1:

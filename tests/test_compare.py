@@ -8,6 +8,7 @@ import pytest
 from test_evaluate import exits_with_error, shared_run, short_config
 
 from rockir_jax.cli import compare
+from rockir_jax.experiments import comparison
 
 
 def test_comparison_table_has_every_model(tmp_path_factory, tmp_path, capsys):
@@ -39,7 +40,7 @@ def test_comparison_table_has_every_model(tmp_path_factory, tmp_path, capsys):
 
 def test_several_seeds_give_the_mean_and_spread_of_each_metric():
     runs = [{"a/x": 1.0, "b/y": 2.0}, {"a/x": 2.0, "b/y": 2.0}, {"a/x": 6.0}]
-    mean, std = compare.seed_statistics(runs)
+    mean, std = comparison.seed_statistics(runs)
     assert mean == {"a/x": 3.0}  # only what every seed measured
     assert std["a/x"] == pytest.approx(((4 + 1 + 9) / 2) ** 0.5)  # ddof 1
     table = {
@@ -47,7 +48,7 @@ def test_several_seeds_give_the_mean_and_spread_of_each_metric():
         "models": [{"name": "DSNN-R18", "initialisation": "random", "steps": 5,
                     "metrics": {"reservoir/map@10": 0.5}, "metrics_std": {"reservoir/map@10": 0.25}}],
     }  # fmt: skip
-    markdown = compare.comparison_markdown(table, columns=[("reservoir", "map@{k}")])
+    markdown = comparison.comparison_markdown(table, columns=[("reservoir", "map@{k}")])
     assert "| DSNN-R18 | random | 5 | 0.500 ± 0.250 |" in markdown
     assert "over seeds 0, 1, 2" in markdown
 

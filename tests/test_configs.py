@@ -30,7 +30,7 @@ def test_configs_that_keep_the_original_objective(name):
     assert config.data.augment == "flips" and config.data.grey_jitter == 0.0
     assert config.data.same_reservoir_probability == 0.0 and config.data.metadata_label == "measurements"
     assert not config.standardize_targets and config.ema_decay == 0.0
-    assert config.loss_weights.to_dict() == DSNN_LOSS_WEIGHTS
+    assert config.loss_weights.to_dict() == DSNN_LOSS_WEIGHTS | {"embedding": 0.0}
 
 
 @pytest.mark.parametrize("name", PAPER)

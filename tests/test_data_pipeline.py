@@ -2,6 +2,7 @@
 
 import json
 
+import benchmark_lib
 import grain
 import numpy as np
 import orbax.checkpoint as ocp
@@ -12,7 +13,7 @@ from PIL import Image
 from rockir_jax.data import pipeline
 from rockir_jax.data.metadata import index_dataset, same_metadata
 from rockir_jax.data.sources import from_index
-from rockir_jax.data.tfds_builder import load_split, prepare
+from rockir_jax.data.tfds_builder import build_image_cache, load_split
 
 SIZE = 32
 # Uneven sample sizes so that P(a uniform second image shares image 0's sample) is not trivial.
@@ -40,7 +41,7 @@ def index(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def source(index, tmp_path_factory):
-    return load_split(prepare(index, SIZE, tmp_path_factory.mktemp("cache")), "train")
+    return load_split(build_image_cache(index, SIZE, tmp_path_factory.mktemp("cache")), "train")
 
 
 def take(iterator, n):
@@ -86,6 +87,8 @@ def test_batch_layout(source):
         "targets1": ((6, 2), np.float32),
         "same_sample": ((6,), np.float32),
         "same_meta": ((6,), np.float32),
+        "reservoir0": ((6,), np.int32),
+        "reservoir1": ((6,), np.int32),
     }
     assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected
     assert batch["image0"].min() >= -1.0 and batch["image0"].max() <= 1.0
@@ -297,7 +300,7 @@ def test_eval_covers_every_image_once(source, index, batch, processes):
 def test_steps_per_epoch_and_throughput(source):
     assert pipeline.steps_per_epoch(10, 4) == 3
     assert pipeline.steps_per_epoch(8, 4) == 2
-    assert pipeline.measure_pairs_per_second(source, 8, num_workers=0, num_batches=2) > 0
+    assert benchmark_lib.measure_pairs_per_second(source, 8, num_workers=0, num_batches=2) > 0
 
 
 def test_same_reservoir_rate(source):

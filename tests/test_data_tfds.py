@@ -12,7 +12,7 @@ import pandas as pd
 from PIL import Image
 
 from rockir_jax.data.metadata import index_dataset
-from rockir_jax.data.tfds_builder import _exclusive, fingerprint, load_split, prepare, read_tables
+from rockir_jax.data.tfds_builder import _exclusive, build_image_cache, fingerprint, load_split, read_tables
 from rockir_jax.images import read_image
 
 LAYOUT = {"train": {"AAA001": 3, "BBB001": 2}, "db_test": {"CCC001": 2}}
@@ -44,7 +44,7 @@ def array_record_mtimes(path: Path) -> dict[str, int]:
 def test_records_match_the_index(tmp_path):
     csv = make_dataset(tmp_path / "data")
     index = index_dataset(tmp_path / "data", csv)
-    path = prepare(index, 32, tmp_path / "cache")
+    path = build_image_cache(index, 32, tmp_path / "cache")
     for split, table in index.splits.items():
         source = load_split(path, split)
         assert len(source) == len(table) and source.image_size == 32
@@ -67,16 +67,16 @@ def test_cache_reused_and_rebuilt_on_changes(tmp_path):
     root = tmp_path / "data"
     csv = make_dataset(root)
     cache = tmp_path / "cache"
-    first = prepare(index_dataset(root, csv), 32, cache)
+    first = build_image_cache(index_dataset(root, csv), 32, cache)
     written = array_record_mtimes(first)
     assert written
 
     # Same source, same size: same directory, files untouched.
-    assert prepare(index_dataset(root, csv), 32, cache) == first
+    assert build_image_cache(index_dataset(root, csv), 32, cache) == first
     assert array_record_mtimes(first) == written
 
     # Another image size: another build.
-    bigger = prepare(index_dataset(root, csv), 128, cache)
+    bigger = build_image_cache(index_dataset(root, csv), 128, cache)
     assert bigger != first
     assert load_split(bigger, "train").records[0]["image"].shape == (128, 128, 3)
 
@@ -84,14 +84,14 @@ def test_cache_reused_and_rebuilt_on_changes(tmp_path):
     image = root / "train" / "AAA001" / "AAA001_slice0.png"
     stat = image.stat()
     os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    touched = prepare(index_dataset(root, csv), 32, cache)
+    touched = build_image_cache(index_dataset(root, csv), 32, cache)
     assert touched not in (first, bigger)
 
     # CSV content changed: rebuilt, with the new targets.
     frame = pd.read_csv(csv)
     frame.loc[frame.Created_label == "AAA001", "Porosity"] = 0.55
     frame.to_csv(csv, index=False)
-    changed = prepare(index_dataset(root, csv), 32, cache)
+    changed = build_image_cache(index_dataset(root, csv), 32, cache)
     assert changed not in (first, bigger, touched)
     assert load_split(changed, "train").records[0]["targets"][0] == np.float32(0.55)
     assert load_split(touched, "train").records[0]["targets"][0] == np.float32(0.1)
@@ -101,7 +101,10 @@ def test_cache_is_the_same_for_any_worker_count(tmp_path):
     # 70 images: three chunks, so two workers both decode.
     layout = {"train": {"AAA001": 30, "BBB001": 20}, "db_test": {"CCC001": 20}}
     index = index_dataset(tmp_path / "data", make_dataset(tmp_path / "data", layout))
-    built = {workers: prepare(index, 24, tmp_path / f"cache{workers}", workers=workers) for workers in (1, 2)}
+    built = {
+        workers: build_image_cache(index, 24, tmp_path / f"cache{workers}", workers=workers)
+        for workers in (1, 2)
+    }
     files = {
         w: sorted(p.relative_to(path) for p in path.rglob("*") if p.is_file()) for w, path in built.items()
     }
@@ -128,7 +131,7 @@ def test_a_build_waits_for_the_lock_holder(tmp_path):
     cache = tmp_path / "cache"
     built: list[Path] = []
     with _exclusive(_lock_of(index, cache)):  # another process building
-        waiter = threading.Thread(target=lambda: built.append(prepare(index, 32, cache)))
+        waiter = threading.Thread(target=lambda: built.append(build_image_cache(index, 32, cache)))
         waiter.start()
         waiter.join(timeout=3)
         assert waiter.is_alive() and not built and not list(cache.glob("*/rockir_images"))
@@ -144,7 +147,7 @@ def test_a_killed_builder_leaves_no_lock_behind(tmp_path):
     assert holder.stdout.readline().strip() == "locked"
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    path = prepare(index, 32, tmp_path / "cache")  # would wait forever on a stale lock
+    path = build_image_cache(index, 32, tmp_path / "cache")  # would wait forever on a stale lock
     assert len(load_split(path, "train")) == 5
 
 
@@ -158,10 +161,10 @@ f = lock.open("a"); fcntl.flock(f, fcntl.LOCK_EX); print("locked", flush=True); 
 UNGUARDED_SCRIPT = """
 import sys
 from rockir_jax.data.metadata import index_dataset
-from rockir_jax.data.tfds_builder import prepare
+from rockir_jax.data.tfds_builder import build_image_cache
 print("top level ran", flush=True)
 index = index_dataset(sys.argv[1], sys.argv[1] + "/metadata.csv")
-prepare(index, 24, sys.argv[2], workers=2)
+build_image_cache(index, 24, sys.argv[2], workers=2)
 """
 
 

@@ -1,5 +1,7 @@
 """Branch parallelism: the DSNN's backbones on two halves of the devices compute the one-device step."""
 
+import functools
+
 import jax
 import numpy as np
 import optax
@@ -9,12 +11,15 @@ from flax import traverse_util
 
 from rockir_jax import sharding
 from rockir_jax.models import build_model
-from rockir_jax.training import dsnn_branch_parallel, losses, step
-from rockir_jax.training import layout as layout_lib
+from rockir_jax.training import device_layout, dsnn_branch_parallel, losses, step
 from rockir_jax.training.optim import adamw_amsgrad
 
 GLOBAL_BATCH = 8
 IMAGE_SIZE = 32
+# Every term, the embedding's batch-wide contrast included (gathered over the data axis).
+LOSS = functools.partial(
+    losses.dsnn_loss, weights=losses.DSNN_LOSS_WEIGHTS | {"embedding": 1.0}, axis_name=sharding.DATA_AXIS
+)
 
 
 def _relative_error(a, b) -> float:
@@ -42,7 +47,7 @@ def model_and_variables():
 
 def _one_step(model, variables, layout, tx):
     state = layout.place(step.create_train_state(model, jax.tree.map(np.copy, variables), tx))
-    train_step = layout.train_step(model, losses.dsnn_loss)
+    train_step = layout.train_step(model, LOSS)
     # Some batches put a ReLU input or a max-pool tie within float32 rounding, where any change of
     # summation order (8 data-parallel devices too) flips a few gradient elements; this one does not.
     batch = pair_batch(GLOBAL_BATCH, IMAGE_SIZE, seed=11)
@@ -55,7 +60,7 @@ def reference(model_and_variables):
     """One plain-SGD step on one device (a linear rule keeps the parameters a faithful image of the
     gradients; Adam's first step maps each gradient element to about ±lr)."""
     model, variables = model_and_variables
-    layout = layout_lib.plan(jax.devices()[:1], GLOBAL_BATCH, branch_parallel=True)
+    layout = device_layout.plan(jax.devices()[:1], GLOBAL_BATCH, branch_parallel=True)
     assert not layout.branch_parallel, "one device cannot split the branches"
     return _one_step(model, variables, layout, optax.sgd(0.005))
 
@@ -63,7 +68,7 @@ def reference(model_and_variables):
 @pytest.mark.parametrize("devices", [2, 8])
 def test_branch_parallel_step_equals_one_device(model_and_variables, reference, devices):
     model, variables = model_and_variables
-    layout = layout_lib.plan(jax.devices()[:devices], GLOBAL_BATCH, branch_parallel=True)
+    layout = device_layout.plan(jax.devices()[:devices], GLOBAL_BATCH, branch_parallel=True)
     assert layout.branch_parallel and dict(layout.mesh.shape) == {"data": devices // 2, "branch": 2}
     state, metrics = _one_step(model, variables, layout, optax.sgd(0.005))
     ref_state, ref_metrics = reference
@@ -76,7 +81,7 @@ def test_branch_parallel_step_equals_one_device(model_and_variables, reference, 
 
 def test_branch_parallel_moving_average_follows_the_one_device_step(model_and_variables, reference):
     model, variables = model_and_variables
-    layout = layout_lib.plan(jax.devices()[:2], GLOBAL_BATCH, branch_parallel=True)
+    layout = device_layout.plan(jax.devices()[:2], GLOBAL_BATCH, branch_parallel=True)
     decay = 0.99
     state = layout.place(
         step.create_train_state(model, jax.tree.map(np.copy, variables), optax.sgd(0.005), ema_decay=decay)
@@ -84,7 +89,7 @@ def test_branch_parallel_moving_average_follows_the_one_device_step(model_and_va
     assert state.ema_params["backbones"]["conv1"]["kernel"].sharding.spec == jax.sharding.PartitionSpec(
         "branch"
     )
-    state, _ = layout.train_step(model, losses.dsnn_loss)(
+    state, _ = layout.train_step(model, LOSS)(
         state, layout.shard_batch(pair_batch(GLOBAL_BATCH, IMAGE_SIZE, seed=11))
     )
     state = jax.device_get(layout.canonical(state))
@@ -99,7 +104,7 @@ def test_branch_parallel_moving_average_follows_the_one_device_step(model_and_va
 
 def test_each_backbone_lives_on_its_own_branch(model_and_variables):
     model, variables = model_and_variables
-    layout = layout_lib.plan(jax.devices()[:2], GLOBAL_BATCH, branch_parallel=True)
+    layout = device_layout.plan(jax.devices()[:2], GLOBAL_BATCH, branch_parallel=True)
     state = layout.place(step.create_train_state(model, variables, adamw_amsgrad(1e-4)))
     kernel = state.params["backbones"]["conv1"]["kernel"]
     expected = {
@@ -116,7 +121,7 @@ def test_each_backbone_lives_on_its_own_branch(model_and_variables):
 
 def test_canonical_layout_round_trip(model_and_variables):
     model, variables = model_and_variables
-    layout = layout_lib.plan(jax.devices(), GLOBAL_BATCH, branch_parallel=True)
+    layout = device_layout.plan(jax.devices(), GLOBAL_BATCH, branch_parallel=True)
     state = step.create_train_state(model, variables, adamw_amsgrad(1e-4))
     back = jax.device_get(layout.canonical(layout.place(state)))
     for original, restored in [(state.params, back.params), (state.opt_state, back.opt_state)]:
@@ -132,7 +137,7 @@ def test_canonical_layout_round_trip(model_and_variables):
 def test_plan_splits_branches_only_over_an_even_device_count(
     devices, batch, branch_parallel, expected_branch_parallel, data_shards
 ):
-    layout = layout_lib.plan(jax.devices()[:devices], batch, branch_parallel=branch_parallel)
+    layout = device_layout.plan(jax.devices()[:devices], batch, branch_parallel=branch_parallel)
     assert layout.branch_parallel == expected_branch_parallel
     assert layout.mesh.shape["data"] == data_shards
     assert layout.data_mesh.devices.size == devices
@@ -140,4 +145,4 @@ def test_plan_splits_branches_only_over_an_even_device_count(
 
 def test_plan_refuses_a_requested_count_that_does_not_split_the_batch():
     with pytest.raises(ValueError, match="does not divide evenly over 3 devices"):
-        layout_lib.plan(jax.devices(), GLOBAL_BATCH, requested=3, branch_parallel=True)
+        device_layout.plan(jax.devices(), GLOBAL_BATCH, requested=3, branch_parallel=True)

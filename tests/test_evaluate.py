@@ -21,7 +21,7 @@ from rockir_jax.jsonio import json_text
 from rockir_jax.models import build_model, resnet_params
 from rockir_jax.retrieval import load_index
 from rockir_jax.retrieval.loading import load_model
-from rockir_jax.train import train_and_evaluate
+from rockir_jax.training.trainer import train_and_evaluate
 from scripts import evaluate_retrieval
 
 SIZE = 32

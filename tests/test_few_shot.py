@@ -2,11 +2,11 @@
 
 import json
 
-import few_shot
 import numpy as np
 from PIL import Image
 
 from configs import default
+from rockir_jax.experiments import few_shot
 
 
 def test_each_count_trains_on_that_many_samples_and_is_tabulated_and_plotted(tmp_path, monkeypatch):
@@ -47,12 +47,12 @@ def test_each_count_trains_on_that_many_samples_and_is_tabulated_and_plotted(tmp
 def test_the_count_reaches_the_training_data(tmp_path):
     from test_train import make_toy_dataset, tiny_config
 
-    from rockir_jax import train
+    from rockir_jax.training import trainer
 
     root = make_toy_dataset(tmp_path / "toy")
     config = tiny_config(root, tmp_path / "cache")
     config.data.train_samples_per_reservoir = 1
-    train_split = train._prepare_data(config)["train"]
+    train_split = trainer._open_splits(config)["train"]
     # 3 reservoirs × 1 sample × 4 slices, the first sample of each: AAAS01, BBBS01 and CCCS01 are
     # ids 0, 3 and 6 among the nine samples (S01, S02 train and S03 val per reservoir).
     assert len(train_split) == 12

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from rockir_jax.launch import launch
+from rockir_jax.local_processes import launch
 
 # One write per line: the children share the launcher's stdout.
 REPORT = (

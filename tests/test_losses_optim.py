@@ -160,3 +160,54 @@ def test_moving_average_of_the_parameters_closed_form():
         assert np.abs(expected[name] - current[name]).max() > 1e-2, "the average lags the parameters"
     assert states[True].eval_params() is states[True].ema_params
     assert states[False].eval_params() is states[False].params
+
+
+def _supcon_float64(embeddings, labels, temperature):
+    """Khosla et al.'s L_out, anchor by anchor in float64; anchors without a positive count 0."""
+    e = np.asarray(embeddings, np.float64)
+    total = 0.0
+    for i in range(len(e)):
+        others = [j for j in range(len(e)) if j != i]
+        logits = {j: e[i] @ e[j] / temperature for j in others}
+        log_norm = np.log(sum(np.exp(v) for v in logits.values()))
+        positives = [j for j in others if labels[j] == labels[i]]
+        if positives:
+            total += -np.mean([logits[j] - log_norm for j in positives])
+    return total / len(e)
+
+
+def test_supervised_contrastive_against_float64_reference():
+    rng = np.random.default_rng(5)
+    e = rng.standard_normal((12, 8))
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    labels = np.array([0, 1, 2, 0, 1, 3, 0, 2, 1, 1, 0, 4])  # 3 and 4 have no positive
+    got = losses.supervised_contrastive(e.astype(np.float32), labels, temperature=0.2)
+    np.testing.assert_allclose(got, _supcon_float64(e, labels, 0.2), rtol=1e-5)
+
+
+def test_embedding_term_joins_the_dsnn_loss_only_when_weighted():
+    rng = np.random.default_rng(6)
+    n = 6
+    outputs = {k: rng.uniform(0.01, 0.99, n).astype(np.float32) for k in ("p", "p_img", "p_rock")}
+    outputs |= {k: rng.standard_normal((n, 2)).astype(np.float32) for k in ("reg0", "reg1")}
+    unit = rng.standard_normal((2, n, 4))
+    unit /= np.linalg.norm(unit, axis=-1, keepdims=True)
+    outputs |= {"embedding0": unit[0].astype(np.float32), "embedding1": unit[1].astype(np.float32)}
+    batch = {
+        "same_sample": np.ones(n, np.float32),
+        "same_meta": np.ones(n, np.float32),
+        "targets0": np.zeros((n, 2), np.float32),
+        "targets1": np.zeros((n, 2), np.float32),
+        "reservoir0": np.array([0, 1, 2, 0, 1, 2], np.int32),
+        "reservoir1": np.array([0, 0, 2, 1, 1, 2], np.int32),
+    }
+    base, terms = losses.dsnn_loss(outputs, batch)
+    assert "loss_embedding" not in terms
+    weighted, terms = losses.dsnn_loss(outputs, batch, losses.DSNN_LOSS_WEIGHTS | {"embedding": 0.5})
+    expected = _supcon_float64(
+        np.concatenate(unit), np.concatenate([batch["reservoir0"], batch["reservoir1"]]), 0.1
+    )
+    np.testing.assert_allclose(terms["loss_embedding"], expected, rtol=1e-5)
+    np.testing.assert_allclose(weighted, base + 0.5 * expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="loss weights"):
+        losses.dsnn_loss(outputs, batch, {"fused": 1.0})

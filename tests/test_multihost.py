@@ -21,7 +21,7 @@ import pytest
 from test_evaluate import make_rocks
 from test_train import make_toy_dataset
 
-from rockir_jax.launch import process_environments
+from rockir_jax.local_processes import process_environments
 from rockir_jax.sharding import host_restore_args
 
 REPO = Path(__file__).parents[1]

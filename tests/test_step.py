@@ -1,5 +1,7 @@
 """The sharded train step: 8 devices compute the step that 1 device computes over the same batch."""
 
+import functools
+
 import jax
 import numpy as np
 import optax
@@ -24,6 +26,8 @@ def _batch(seed=0):
         "same_meta": np.array([1, 0, 0, 1, 1, 0, 1, 0], np.float32),
         "targets0": rng.uniform(0, 1, (GLOBAL_BATCH, 2)).astype(np.float32),
         "targets1": rng.uniform(0, 1, (GLOBAL_BATCH, 2)).astype(np.float32),
+        "reservoir0": np.array([0, 1, 0, 2, 1, 0, 2, 1], np.int32),
+        "reservoir1": np.array([0, 2, 0, 2, 0, 1, 2, 2], np.int32),
     }
 
 
@@ -54,7 +58,13 @@ def stepped():
     for devices in (1, 8):
         mesh = sharding.make_mesh(jax.devices()[:devices])
         state = sharding.replicate(step.create_train_state(model, variables, optax.sgd(0.005)), mesh)
-        train_step = step.make_train_step(mesh, losses.dsnn_loss)
+        # Every term, the embedding's batch-wide contrast included (gathered over the data axis).
+        loss = functools.partial(
+            losses.dsnn_loss,
+            weights=losses.DSNN_LOSS_WEIGHTS | {"embedding": 1.0},
+            axis_name=sharding.DATA_AXIS,
+        )
+        train_step = step.make_train_step(mesh, loss)
         state, metrics = train_step(state, sharding.shard_batch(_batch(), mesh))
         results[devices] = jax.device_get((state, metrics))
     return variables, results

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from rockir_jax.data.layout import SPLITS, scan_split, slice_filename
 from rockir_jax.physics import MILLIDARCY_M2, porosity, spanning_pores
 from rockir_jax.synth import dataset, render, volumes
-from rockir_jax.volumes.layout import slice_filename
 
 DATASET = Path(__file__).resolve().parents[1] / "datasets" / "synthetic_rocks"
 NAME = re.compile(r"^[A-Z0-9]{3}[A-Z0-9]{3}_slice\d+\.png$")
@@ -204,3 +204,24 @@ def test_a_cemented_packing_fills_a_volume_taller_than_a_thousand_grains() -> No
     solid_per_quarter = [1 - quarter.mean() for quarter in np.array_split(rock.pore, 4, axis=0)]
     # A random sphere pack is 50-64 % solid throughout (loose to close packing).
     assert all(0.45 < solid < 0.66 for solid in solid_per_quarter), solid_per_quarter
+
+
+def test_write_dataset_writes_the_layout_training_scans(tmp_path: Path) -> None:
+    pytest.importorskip("porespy")
+    pytest.importorskip("openpnm")
+    config = dataset.DatasetConfig(
+        seed=7, reservoirs=1, samples_per_reservoir=4, slices=2, image_size=32, volume_size=32
+    )
+    out = tmp_path / "set"
+    report = dataset.write_dataset(out, config, "rockir-synthesize …", workers=1, progress=False)
+    assert [r.name for r in report.results] == [f"VORS0{i}" for i in range(1, 5)]
+    meta = pd.read_csv(out / "metadata.csv")
+    assert list(meta.columns) == list(dataset.METADATA_COLUMNS)
+    assert list(meta["Created_label"]) == [r.name for r in report.results]
+    scanned = {split: sorted({s for _, s in scan_split(out, split)}) for split in SPLITS}
+    assert scanned == {split: sorted(meta["Created_label"][meta["Split"] == split]) for split in SPLITS}
+    record = json.loads((out / "generation.json").read_text())
+    assert record["command"] == "rockir-synthesize …" and len(record["samples"]) == 4
+    assert (out / "overview.png").is_file() and (out / "README.md").is_file()
+    with pytest.raises(ValueError, match="exists; pass --overwrite"):
+        dataset.write_dataset(out, config, "again", workers=1, progress=False)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from test_evaluate import make_rocks, short_config
 
-from rockir_jax.cli import compare
+from rockir_jax.experiments import comparison as compare
 from rockir_jax.retrieval import texture
 
 

@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from configs import default
-from rockir_jax import train
-from rockir_jax.training import layout as layout_lib
+from rockir_jax.training import device_layout
+from rockir_jax.training import trainer as train
 from rockir_jax.training.checkpoint import Checkpointer, restore_variables
 
 SIZE = 32
@@ -217,7 +217,7 @@ def test_branch_parallel_run_checkpoints_the_model_layout_and_resumes_bit_identi
     whole, crashed = tmp_path / "whole", tmp_path / "crashed"
     train.train_and_evaluate(config, whole)
     with monkeypatch.context() as patch:
-        _interrupt_after(patch, 3, module=layout_lib, factory="make_branch_train_step")
+        _interrupt_after(patch, 3, module=device_layout, factory="make_branch_train_step")
         with pytest.raises(RuntimeError, match="simulated crash"):
             train.train_and_evaluate(config, crashed)
     assert Checkpointer(crashed / "checkpoints").latest_step() == 2
@@ -344,3 +344,39 @@ def test_length_in_epochs_of_the_data_set():
     assert train.training_length(config, 100) == (1563, 16)
     config.checkpoint_every_epochs = 0
     assert train.training_length(config, 100) == (1563, config.checkpoint_every_steps)
+
+
+def test_the_original_nine_slice_form_trains_validates_evaluates_and_searches(tmp_path, capsys):
+    """The original's own data: 9 slices of 3 samples, a slice-level split with 3 in val. Validation
+    ranks 8 images, fewer than the default retrieval_k of 10: k is capped everywhere, with a note."""
+    from rockir_jax.cli import evaluate, search
+
+    root, rng, rows = tmp_path / "nine", np.random.default_rng(4), []
+    for r, (reservoir, (porosity, permeability)) in enumerate(RESERVOIRS.items()):
+        name = f"{reservoir}S01"
+        for k in range(3):
+            folder = root / ("val" if k == 2 else "train") / name
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(_slice(r, 1, rng)).save(folder / f"{name}_slice{k}.png")
+        rows.append(
+            {"Created_label": name, "Porosity": porosity, "Permeability": permeability, "Pixelsize": 2.0}
+        )
+    pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
+    config = tiny_config(root, tmp_path / "cache", num_train_steps=2, eval_every_steps=2)
+    assert config.retrieval_k == 10
+    workdir = tmp_path / "run"
+    with pytest.warns(UserWarning, match="slice-level split"):
+        train.train_and_evaluate(config, workdir)
+    validation = read_metrics(workdir, "val")[-1]
+    assert "reservoir/map@8" in validation and "reservoir/map@10" not in validation
+    _, best = restore_variables(workdir / "checkpoints")
+    assert best == 2  # the best checkpoint was chosen by the capped metric
+    out = tmp_path / "eval"
+    csv = str(root / "metadata.csv")
+    evaluate.main(["--workdir", str(workdir), "--db", str(root), "--split", "all",
+                   "--metadata", csv, "--out", str(out), "--figures", "1"])  # fmt: skip
+    assert json.loads((out / "metrics.json").read_text())["k"] == 8
+    query = root / "val" / "AAAS01" / "AAAS01_slice2.png"
+    search.main(["--workdir", str(workdir), "--db", str(out / "index"), "--query", str(query), "-k", "10"])
+    hits = [line for line in capsys.readouterr().out.splitlines() if re.match(r"^\s*\d+\.? ", line)]
+    assert len(hits) == 8, hits

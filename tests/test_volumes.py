@@ -4,6 +4,7 @@ properties against closed forms, the command's errors, atomic writes and reruns,
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from test_physics import POISEUILLE_FACTOR, poiseuille_voxel2, tubes
 
 from rockir_jax.cli import prepare as prepare_cli
 from rockir_jax.physics import voxel2_to_millidarcy
-from rockir_jax.volumes import prepare
+from rockir_jax.volumes import volume_dataset
 from rockir_jax.volumes.readers import RawSpec, VolumeError, open_volume
 from rockir_jax.volumes.slicing import (
     IntensityWindow,
@@ -106,6 +107,96 @@ def test_reader_errors_name_the_file_and_the_problem(tmp_path: Path) -> None:
         open_volume(tmp_path / "two.h5")
 
 
+def test_netcdf_readers_return_the_arrays_written(tmp_path: Path) -> None:
+    """NetCDF-4 is HDF5 (h5py reads it); classic NetCDF goes through scipy's memory map."""
+    import h5py
+    from scipy.io import netcdf_file
+
+    volume = np.random.default_rng(2).integers(-500, 500, (4, 5, 6)).astype(np.int16)
+    with h5py.File(tmp_path / "four.nc", "w") as h5:
+        h5["grey"] = volume
+        h5["x"] = np.arange(6)
+    with netcdf_file(tmp_path / "classic.nc", "w") as nc:
+        for name, size in zip("zyx", volume.shape, strict=True):
+            nc.createDimension(name, size)
+        nc.createVariable("grey", volume.dtype, ("z", "y", "x"))[:] = volume
+        nc.createVariable("mask", np.int8, ("z", "y", "x"))[:] = volume > 0
+    for name, kwargs, fmt in (("four.nc", {}, "hdf5"), ("classic.nc", {"dataset": "grey"}, "netcdf")):
+        with open_volume(tmp_path / name, **kwargs) as opened:
+            assert opened.shape == (4, 5, 6) and opened.description == {"format": fmt, "dataset": "grey"}
+            np.testing.assert_array_equal(opened.read(1, 3), volume[1:3])
+    with pytest.raises(VolumeError, match=r"classic\.nc: 2 3-D datasets, name one with --dataset"):
+        open_volume(tmp_path / "classic.nc")
+    with pytest.raises(VolumeError, match=r"classic\.nc: no dataset 'nope' \(found: grey \(4, 5, 6\)"):
+        open_volume(tmp_path / "classic.nc", dataset="nope")
+    with pytest.raises(VolumeError, match=r"four\.nc: dataset 'x' shape \(6,\) is not a 3-D volume"):
+        open_volume(tmp_path / "four.nc", dataset="x")
+    (tmp_path / "junk.nc").write_bytes(b"CDF\x01 not quite")
+    with pytest.raises(VolumeError, match=r"junk\.nc: neither NetCDF-4 \(HDF5\) nor classic NetCDF"):
+        open_volume(tmp_path / "junk.nc")
+    (tmp_path / "junk.h5").write_bytes(b"\x89HDF\r\n\x1a\n not quite")
+    with pytest.raises(VolumeError, match=r"junk\.h5: not a readable HDF5 file"):
+        open_volume(tmp_path / "junk.h5")
+
+
+def tiff_claiming(width: int, height: int) -> bytes:
+    """A TIFF of one uncompressed 16-bit RGB page declaring ``width`` x ``height`` pixels, holding 12 bytes:
+    tifffile makes it a (height, width, 3) series of one page."""
+    tags = [(256, 4, width), (257, 4, height), (258, 3, 16), (259, 3, 1), (262, 3, 2), (273, 4, 0),
+            (277, 3, 3), (278, 4, height), (279, 4, 12), (284, 3, 1)]  # fmt: skip
+    data_offset = 8 + 2 + 12 * len(tags) + 4
+    entries = b"".join(
+        struct.pack("<HHII", tag, kind, 1, data_offset if tag == 273 else value)
+        if kind == 4
+        else struct.pack("<HHIHH", tag, kind, 1, value, 0)
+        for tag, kind, value in tags
+    )
+    return b"II*\x00" + struct.pack("<IH", 8, len(tags)) + entries + bytes(4) + bytes(12)
+
+
+def test_headers_claiming_huge_or_odd_volumes_get_volume_errors(tmp_path: Path) -> None:
+    import h5py
+
+    # A TIFF page claiming 4 planes of 200,000,000 x 3 voxels: refused before anything is read (it was
+    # read whole at open); a small one whose pages are not planes is read whole on the first read.
+    (tmp_path / "claim.tif").write_bytes(tiff_claiming(200_000_000, 4))
+    with pytest.raises(
+        VolumeError, match=r"claim\.tif: a plane of 200000000×3 uint16 is 1,200,000,000 bytes"
+    ):
+        open_volume(tmp_path / "claim.tif")
+    (tmp_path / "short.tif").write_bytes(tiff_claiming(1000, 4))
+    with open_volume(tmp_path / "short.tif") as opened, pytest.raises(VolumeError, match="failed to read"):
+        opened.read(0, 2)
+
+    # An HDF5 dataset may declare any shape and store nothing: its planes would not fit in memory.
+    with h5py.File(tmp_path / "huge.h5", "w") as h5:
+        h5.create_dataset("grey", shape=(4, 10**6, 10**6), dtype="u1", chunks=(1, 64, 64))
+    with pytest.raises(
+        VolumeError, match=r"huge\.h5: a plane of 1000000×1000000 uint8 is 1,000,000,000,000 bytes"
+    ):
+        open_volume(tmp_path / "huge.h5")
+    # A zip archive (np.savez) named .npy, and arrays that are no grey levels.
+    np.savez(tmp_path / "zipped.npz", a=np.zeros((3, 3, 3)))
+    (tmp_path / "zipped.npz").rename(tmp_path / "zipped.npy")
+    with pytest.raises(VolumeError, match=r"zipped\.npy: not a readable \.npy file"):
+        open_volume(tmp_path / "zipped.npy")
+    np.save(tmp_path / "text.npy", np.full((3, 3, 3), "a"))
+    with pytest.raises(VolumeError, match=r"text\.npy: dtype <U1 is not a grey-level volume"):
+        open_volume(tmp_path / "text.npy")
+    # Sidecars: a voxel size that is no number, a shape whose byte count overflows int64.
+    np.zeros(27, np.uint8).tofile(tmp_path / "cube.raw")
+    for sidecar, message in (
+        ({"shape": [3, 3, 3], "dtype": "uint8", "voxel_size_um": "tiny"}, "voxel_size_um"),
+        ({"shape": [3, 3, 3], "dtype": "uint8", "voxel_size_um": [1]}, "voxel_size_um"),
+        ({"shape": [3, 3, 3], "dtype": "uint8", "voxel_size_um": -1}, "voxel_size_um"),
+        ({"shape": [2**62, 2**62, 4], "dtype": "uint8"}, "bytes, but shape"),
+        ({"shape": [3, 3, 3], "dtype": "O"}, "dtype"),
+    ):
+        (tmp_path / "cube.json").write_text(json.dumps(sidecar))
+        with pytest.raises(VolumeError, match=message):
+            open_volume(tmp_path / "cube.raw")
+
+
 # --- slicing --------------------------------------------------------------------------------------
 
 
@@ -143,14 +234,28 @@ def test_window_crop_resize_and_pixel_size() -> None:
 
 def test_split_by_sample_is_seeded_and_complete() -> None:
     names = [f"s{i}" for i in range(10)]
-    splits = prepare.assign_splits(names, (0.6, 0.2, 0.2), seed=3)
+    splits = volume_dataset.assign_splits(names, (0.6, 0.2, 0.2), seed=3)
     assert sorted(splits) == names
     assert sorted(splits.values()).count("train") == 6 and list(splits.values()).count("db_test") == 2
-    assert splits == prepare.assign_splits(list(reversed(names)), (0.6, 0.2, 0.2), seed=3)
-    assert splits != prepare.assign_splits(names, (0.6, 0.2, 0.2), seed=4)
+    assert splits == volume_dataset.assign_splits(list(reversed(names)), (0.6, 0.2, 0.2), seed=3)
+    assert splits != volume_dataset.assign_splits(names, (0.6, 0.2, 0.2), seed=4)
 
 
 # --- the command ----------------------------------------------------------------------------------
+
+
+def test_lattice_boltzmann_flow_option_against_hagen_poiseuille(tmp_path: Path) -> None:
+    """``--flow lbm``: a short tube of radius 6 voxels solved on the voxels, k within 5 % of
+    Hagen–Poiseuille's φ r²/8 (r the equal-area radius), and the source column says which solver."""
+    (tmp_path / "vols").mkdir()
+    pore = tubes(16, (24, 24), [(11.5, 11.5)], 6)
+    grey(pore).tofile(tmp_path / "vols" / "tube.raw")
+    run_cli("--volumes", tmp_path / "vols", "--out", tmp_path / "ds", "--shape", "16,24,24", "--dtype",
+            "uint8", "--voxel-size", 2.0, "--slices", 2, "--split", "1,0,0", "--flow", "lbm")  # fmt: skip
+    meta = pd.read_csv(tmp_path / "ds" / "metadata.csv").set_index("Created_label")
+    analytic = voxel2_to_millidarcy(poiseuille_voxel2(pore[0]), 2.0)
+    assert meta.loc["tube", "Permeability"] == pytest.approx(analytic, rel=0.05)
+    assert meta.loc["tube", "Permeability_source"].startswith("computed: lattice Boltzmann")
 
 
 def test_tube_bundle_properties_against_closed_forms(tmp_path: Path) -> None:
@@ -243,7 +348,7 @@ def test_prepared_volumes_train_and_evaluate(tmp_path: Path) -> None:
 
     from rockir_jax.retrieval.evaluation import evaluate
     from rockir_jax.retrieval.loading import load_model
-    from rockir_jax.train import train_and_evaluate
+    from rockir_jax.training.trainer import train_and_evaluate
 
     vols = tmp_path / "vols"
     vols.mkdir()

@@ -7,10 +7,13 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rockir_jax import runtime
 from rockir_jax.configuration import expand_path
-from rockir_jax.retrieval.loading import LoadedModel, load_model
+
+if TYPE_CHECKING:
+    from rockir_jax.retrieval.loading import LoadedModel
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -79,6 +82,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_from_arguments(args: argparse.Namespace) -> LoadedModel:
     """The model chosen by :func:`add_model_arguments`' options."""
+    from rockir_jax.retrieval.loading import load_model  # the model stack, only for commands that embed
+
     return load_model(
         args.workdir,
         model_dir=args.model_dir,

@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         out = export_model(args.workdir, args.out, args.step)
         print(f"wrote {out}: use it with --model-dir {out}")
 
-    common.run(body)
+    common.run(body, verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 
 Volumes: multi-page TIFFs or folders of 2-D TIFFs, ``.raw`` with ``--shape``/``--dtype`` or a sidecar
 ``<stem>.json``, ``.npy``, HDF5 and NetCDF. Porosity and permeability are computed where the lab CSV
-has none. See :mod:`rockir_jax.volumes.prepare`.
+has none. See :mod:`rockir_jax.volumes.volume_dataset`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rockir_jax.cli import common
+from rockir_jax.data.layout import METADATA_CSV
 from rockir_jax.physics import Segmentation
-from rockir_jax.volumes import prepare
+from rockir_jax.volumes import volume_dataset
 from rockir_jax.volumes.readers import RawSpec
 
 
@@ -50,6 +51,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--pores", choices=("dark", "bright"), default="dark", help="pores below/above threshold"
     )
     parser.add_argument("--flow-size", type=int, default=128, help="side of the permeability sub-volume")
+    parser.add_argument(
+        "--flow",
+        choices=tuple(volume_dataset.FLOW_SOLVERS),
+        default="network",
+        help="permeability solver: network (snow2 pore network, fast) or lbm (lattice Boltzmann on voxels)",
+    )
     parser.add_argument("--shape", help="raw volumes without a sidecar: Z,Y,X")
     parser.add_argument("--dtype", help="raw volumes without a sidecar: numpy dtype, e.g. uint8, <u2")
     parser.add_argument("--dataset", help="HDF5/NetCDF array to read, when a file holds several")
@@ -73,9 +80,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             seg = Segmentation("label", args.pore_label)
         else:
             seg = Segmentation("otsu", pores=args.pores)
-        options = prepare.PrepareOptions(
+        options = volume_dataset.PrepareOptions(
             slices=args.slices,
             axes=_numbers(args.axes, int),
+            flow=args.flow,
             random_slices=args.random_slices,
             seed=args.seed,
             image_size=args.image_size,
@@ -89,11 +97,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             split_fractions=_numbers(args.split),
             split_by=args.split_by,
         )
-        report = prepare.prepare_dataset(args.volumes, args.out, options, args.lab_csv)
-        print(prepare.summary_table(report))
-        print(f"wrote {args.out}/metadata.csv, contact_sheet.png and {prepare.RECORD}")
+        report = volume_dataset.prepare_dataset(args.volumes, args.out, options, args.lab_csv)
+        print(volume_dataset.summary_table(report))
+        print(f"wrote {args.out}/{METADATA_CSV}, {volume_dataset.CONTACT_SHEET} and {volume_dataset.RECORD}")
 
-    common.run(body, uses_jax=False)
+    common.run(body, verbose=args.verbose, uses_jax=args.flow == "lbm")
 
 
 if __name__ == "__main__":

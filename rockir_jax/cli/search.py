@@ -37,8 +37,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--perm-unit", default="mD", help="unit of the CSV's Permeability")
     parser.add_argument("--batch-size", type=int, default=64, help="images per embedding batch")
     args = parser.parse_args(argv)
+    if args.k < 1:
+        parser.error(f"-k must be at least 1, got {args.k}")
 
     def body() -> None:
+        search.check_pixel_size(args.pixel_size)
         model = common.model_from_arguments(args)
         index = search.open_database(model, args.db, args.metadata, args.split, args.batch_size)
         searcher = search.Searcher(model, index, max_hits=args.k)

@@ -9,13 +9,9 @@ Writes ``train/<sample>/``, ``val/<sample>/``, flat ``db_test/``, ``metadata.csv
 from __future__ import annotations
 
 import shlex
-import shutil
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-
-from tqdm import tqdm
 
 from rockir_jax.cli import common
 from rockir_jax.synth import dataset
@@ -45,26 +41,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             image_size=args.image_size,
             volume_size=args.volume_size,
         )
-        if args.out.exists():
-            if not args.overwrite:
-                raise ValueError(f"{args.out} exists; pass --overwrite to replace it")
-            shutil.rmtree(args.out)
-        args.out.mkdir(parents=True)
         command = shlex.join(["rockir-synthesize", *args_list])
-        start = time.perf_counter()
-        results = []
-        jobs = dataset.generate_samples(config, workers=args.workers)
-        for result in tqdm(jobs, total=len(dataset.sample_jobs(config)), unit="sample"):
-            dataset.write_sample_images(args.out, result)
-            results.append(result)
-        wall_s = time.perf_counter() - start
-        dataset.write_metadata(args.out, results)
-        dataset.write_generation_record(args.out, config, results, command)
-        dataset.contact_sheet(results, args.out / "overview.png")
-        dataset.write_readme(args.out, config, results, command, wall_s, args.workers)
-        print(f"{len(results)} samples in {wall_s:.0f} s -> {args.out}")
+        report = dataset.write_dataset(args.out, config, command, args.workers, overwrite=args.overwrite)
+        print(f"{len(report.results)} samples in {report.seconds:.0f} s -> {report.out}")
 
-    common.run(body, uses_jax=False)
+    common.run(body, verbose=args.verbose, uses_jax=False)
 
 
 if __name__ == "__main__":

@@ -5,13 +5,15 @@ Typical use (the trainer)::
     from rockir_jax import data
 
     index = data.index_dataset(root, metadata_csv)       # raises DataValidationError, listing all
-    path = data.prepare(index, image_size, cache_dir)    # builds once per source + size
+    path = data.build_image_cache(index, image_size, cache_dir)    # builds once per source + size
     train = data.train_iterator(data.load_split(path, "train"), global_batch_size=64, seed=0)
 
-Modules: :mod:`~rockir_jax.data.metadata` (CSV schema, targets, image reading, validation),
-:mod:`~rockir_jax.data.tfds_builder` (ArrayRecord cache), :mod:`~rockir_jax.data.sources`
-(random-access split views), :mod:`~rockir_jax.data.pipeline` (grain pairs and evaluation batches),
-:mod:`~rockir_jax.data.inspect` (summary and contact sheet).
+Modules: :mod:`~rockir_jax.data.layout` (folder layout, file naming), :mod:`~rockir_jax.data.metadata`
+(CSV schema, targets, validation), :mod:`~rockir_jax.data.database` (database folders to search),
+:mod:`~rockir_jax.data.tfds_builder` (ArrayRecord cache), :mod:`~rockir_jax.data.sources` (random-access
+split views), :mod:`~rockir_jax.data.pipeline` (grain pairs and evaluation batches),
+:mod:`~rockir_jax.data.writer` (writing a data set), :mod:`~rockir_jax.data.inspect` (summary and contact
+sheet).
 """
 
 from rockir_jax.data.metadata import (
@@ -27,12 +29,11 @@ from rockir_jax.data.metadata import (
 )
 from rockir_jax.data.pipeline import (
     eval_iterator,
-    measure_pairs_per_second,
     steps_per_epoch,
     train_iterator,
 )
 from rockir_jax.data.sources import SplitSource, from_index
-from rockir_jax.data.tfds_builder import load_split, prepare, read_tables
+from rockir_jax.data.tfds_builder import build_image_cache, load_split, read_tables
 from rockir_jax.images import read_image
 
 __all__ = [
@@ -41,14 +42,13 @@ __all__ = [
     "SplitSource",
     "SplitTable",
     "TargetSpec",
+    "build_image_cache",
     "compute_targets",
     "eval_iterator",
     "from_index",
     "index_dataset",
     "limit_samples_per_reservoir",
     "load_split",
-    "measure_pairs_per_second",
-    "prepare",
     "read_image",
     "read_tables",
     "same_metadata",

@@ -13,7 +13,7 @@ from rockir_jax.data.metadata import (
 )
 from rockir_jax.data.pipeline import train_iterator
 from rockir_jax.data.sources import SplitSource, from_index
-from rockir_jax.data.tfds_builder import load_split, prepare
+from rockir_jax.data.tfds_builder import build_image_cache, load_split
 
 
 def _range(values: np.ndarray, fmt: str) -> str:
@@ -88,7 +88,7 @@ def write_contact_sheet(
     """
     source: SplitSource
     if cache_dir:
-        source = load_split(prepare(index, image_size, cache_dir), "train")
+        source = load_split(build_image_cache(index, image_size, cache_dir), "train")
     else:
         source = from_index(index, "train", image_size)
     iterator = train_iterator(

@@ -7,11 +7,9 @@ The original RockIR's layout::
     <root>/db_test/*.png            optional, flat; the sample comes from the file name
     metadata.csv                    one row per sample
 
-A database folder given to evaluation or search is either such a root or a flat folder of images named
-like ``db_test``'s. Sample of a flat file, from its stem: the part before ``_slice`` when present
-(``E002M0_slice1.png`` -> ``E002M0``); otherwise the stem without a trailing ``_<digits>``
-(``E002M0_17.png`` -> ``E002M0``); otherwise the whole stem. Hidden files (names starting with ``.``,
-e.g. ``.DS_Store``) are ignored everywhere.
+Writers (:mod:`rockir_jax.data.writer`) name files and folders with :func:`slice_filename` and
+:func:`sample_folder`, so what they write is what the scans here read. How a flat file's name gives its
+sample: docs/internals.md.
 """
 
 from __future__ import annotations
@@ -22,9 +20,21 @@ from pathlib import Path
 SPLITS = ("train", "val", "db_test")
 FLAT_SPLIT = "db_test"
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+METADATA_CSV = "metadata.csv"
 
 _SLICE = re.compile(r"^(.+?)_slice.*$")
 _TRAILING_NUMBER = re.compile(r"^(.+)_\d+$")
+
+
+def slice_filename(name: str, slice_number: int) -> str:
+    """The original's file naming, ``<sample>_sliceN.png``; :func:`sample_from_filename` inverts it."""
+    return f"{name}_slice{slice_number}.png"
+
+
+def sample_folder(root: Path, split: str, name: str) -> Path:
+    """Where sample ``name``'s slices of ``split`` go: ``<root>/<split>/<name>/``, or flat
+    ``<root>/<FLAT_SPLIT>/``."""
+    return root / split if split == FLAT_SPLIT else root / split / name
 
 
 def sample_from_filename(filename: str) -> str:

@@ -1,26 +1,8 @@
 """Metadata CSV schema, regression targets and data-set validation (image reading: :mod:`rockir_jax.images`).
 
-The folder layout is :mod:`rockir_jax.data.layout`'s. CSV columns of the original
-(``microct_0114_random_labels.csv``): ``Image, Label, GI, NI, Size, Depth, Pixelsize, Created_label,
-Porosity, Permeability``, one row per sample. ``Created_label`` names the sample's training folder
-(the original randomised these names: ``AA01``, ``AA02`` …); ``Image`` is the sample's real name, the
-one ``db_test`` files carry (``<Image>_slice<N>.png``; an ``Image`` given as a file name,
-``E002M0.raw``, counts by its stem). ``Created_label``, ``Porosity``,
-``Permeability`` and ``Pixelsize`` are required; without ``Image`` (or where it is empty) the sample's
-name is its ``Created_label``. An optional ``Reservoir`` column names the reservoir, otherwise it is
-the first 3 characters of ``Image`` (the original's ``<3-char reservoir><3-char sample>`` naming).
-
-A folder or file name finds its sample by :func:`sample_lookup`: its ``Created_label``, else its
-``Image``; so data sets whose folders are named after ``Image`` work too.
-
-Every image's targets come from its *own* sample's row (the original looked both images of a pair up
-from image 0's folder, so ``same_meta`` was always 1).
-
-:func:`index_dataset` scans and validates everything before any training and raises one
-:class:`DataValidationError` that lists every problem, each naming its file or CSV line; every
-visible file is either a readable image or an error. Slices of one sample in several splits are
-allowed (the original's ``db_test`` holds slices of its training samples), with one warning;
-``disjoint_samples=True`` refuses them.
+The CSV is the original's, one row per sample (README, "Data", lists its columns); every image's targets
+come from its own sample's row. :func:`index_dataset` validates everything before training and raises one
+:class:`DataValidationError` listing every problem, each naming its file or CSV line.
 """
 
 from __future__ import annotations

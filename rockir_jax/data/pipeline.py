@@ -1,43 +1,9 @@
-"""grain input pipelines: random training pairs and an in-order evaluation pass.
+"""grain input pipelines: random training pairs (the original's sampler, with optional augmentations) and
+an in-order evaluation pass.
 
-Training pairs (:func:`train_iterator`) follow the original sampler: image 0 uniform over the
-split; with probability ``same_sample_probability`` image 1 uniform within image 0's sample,
-otherwise uniform over all images (so it can still be the same sample, and ``same_sample`` says so).
-``same_reservoir_probability`` > 0 (not in the original) takes that share of the pairs from the
-remaining draws uniform within image 0's reservoir instead, which gives the metadata branch positives
-from other samples of a rock type.
-Images are flipped horizontally and vertically with probability ½ each (``augment="flips"``, the
-original's) or also transposed with probability ½ (``"dihedral"``: all 8 rotations and reflections,
-each as likely, since a micro-CT slice has no preferred orientation) and mapped to
-``(x / 255 - 0.5) / 0.5``; ``grey_jitter`` > 0 then scales the contrast by ``1 + U(-j, j)`` and shifts
-the level by ``U(-j, j)``, per image, as scanners' calibrations differ.
-
-Determinism and resume: pair ``g`` of the *global* stream (global batch ``g // B``, row ``g % B``)
-draws everything (indices, coin, flips, then the further augmentations) from
-``np.random.default_rng([seed, g])``. The stream is thus a pure function of the seed, independent
-of the number of workers and of processes; process ``p`` of ``P`` takes rows
-``[p * B/P, (p + 1) * B/P)`` of every global batch. An "epoch" is ``len(source)`` pairs
-(:func:`steps_per_epoch` batches); the stream is infinite. The iterator's state is just the next
-batch number (plus worker bookkeeping with ``num_workers > 0``), so a restored iterator yields exactly
-the batches the interrupted run would have seen.
-
-Checkpointing with orbax: save and restore the iterator as one more item of the training checkpoint,
-with grain's orbax handler (writes ``process_<i>-of-<n>.json``, one per host)::
-
-    import grain
-    manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(train_iter)))
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=grain.checkpoint.CheckpointRestore(train_iter)))  # restores train_iter in place
-
-Restore into an iterator built with the same source, seed, batch size, process count and
-``num_workers``. Without orbax, ``train_iter.get_state()`` / ``set_state(...)`` (a JSON-able dict)
-do the same.
-
-Batches are numpy, this process's rows in order; the trainer turns them into a global array with
-``jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), batch)``, which splits the
-rows over the process's devices in device order, matching the sharded step's layout.
+Pair ``g`` of the global stream draws everything from ``np.random.default_rng([seed, g])``, so the
+stream depends on neither worker nor process count, and the iterator's state (the next batch number) is
+checkpointed with the training state; docs/internals.md says how to save and restore it.
 """
 
 from __future__ import annotations
@@ -45,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -101,16 +66,14 @@ def _local_rows(global_batch_size: int, process_index: int | None, process_count
     return process_index * local, local
 
 
-def _ensure_flags_parsed() -> None:
-    # grain workers read absl flags; a program that never called app.run() has not parsed them.
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
-
-
 def _finish(dataset: grain.MapDataset, num_workers: int) -> grain.DatasetIterator:
     iter_dataset = dataset.to_iter_dataset(_READ_OPTIONS)
     if num_workers > 0:
-        _ensure_flags_parsed()
+        if not flags.FLAGS.is_parsed():
+            raise ValueError(
+                "grain's worker processes read absl flags, which this program has not parsed: call "
+                "absl.flags.FLAGS.mark_as_parsed() (the rockir commands do) or use num_workers=0"
+            )
         iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return iter(iter_dataset)
 
@@ -179,6 +142,8 @@ class _PairBatches:
             "targets1": t1,
             "same_sample": same_sample.astype(np.float32),
             "same_meta": same_meta.astype(np.float32),
+            "reservoir0": self.source.reservoir_ids[i0].astype(np.int32),
+            "reservoir1": self.source.reservoir_ids[i1].astype(np.int32),
         }
 
 
@@ -334,29 +299,3 @@ def eval_iterator(
     num_batches = math.ceil(len(source) / global_batch_size)
     make_batch = _EvalBatches(source, global_batch_size, first_row, local)
     return _finish(grain.MapDataset.range(num_batches).map(make_batch), num_workers)
-
-
-def measure_pairs_per_second(
-    source: SplitSource, global_batch_size: int, num_workers: int, num_batches: int, seed: int = 0
-) -> float:
-    """Training pairs per second of this pipeline on one process, after a warm-up batch.
-
-    The warm-up excludes worker start-up; the rate covers ``num_batches`` further batches.
-    """
-    iterator = train_iterator(
-        source,
-        global_batch_size=global_batch_size,
-        seed=seed,
-        num_workers=num_workers,
-        process_index=0,
-        process_count=1,
-    )
-    try:
-        next(iterator)
-        start = time.perf_counter()
-        for _ in range(num_batches):
-            next(iterator)
-        elapsed = time.perf_counter() - start
-    finally:
-        iterator.close()
-    return num_batches * global_batch_size / elapsed

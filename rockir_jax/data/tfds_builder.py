@@ -1,22 +1,10 @@
 """Materialises a validated data set into TFDS ArrayRecord files, cached by source and image size.
 
-:func:`prepare` decodes and resizes every image once and writes one TFDS split per data split with
-features ``image`` uint8 ``(S, S, 3)`` (stored as raw bytes), ``sample_id`` int32, ``reservoir_id``
-int32, ``targets`` float32 ``(T,)`` and ``index`` int32 (the row in the split's table), in table
-order. Each split is cut into shards whose bounds depend only on its length; ``workers`` processes
-each decode, serialise and compress whole shards, so the files are the same for any worker count.
-The dataset lives under::
-
-    <cache_dir>/<S>px-<fingerprint>/rockir_images/1.0.0/
-
-where the fingerprint hashes every image's path, size and modification time, the CSV's content,
-the target definition and the image size: any change to the source or the size gives a new
-directory (a rebuild), otherwise the existing one is reused. Beside the TFDS files,
-``rockir_tables.json`` keeps the per-split label arrays and vocabularies, so readers need nothing
-but this directory. Old directories are not deleted.
-
-Reading (:func:`load_split`) goes through
-``tfds.builder_from_directory(...).as_data_source(split)``; nothing here needs TensorFlow.
+:func:`build_image_cache` decodes and resizes every image once and writes one TFDS split per data split
+under ``<cache_dir>/<S>px-<fingerprint>/``; the fingerprint covers the images, the CSV, the targets and the
+size, so any change rebuilds and otherwise the cache is reused. The files are the same for any worker
+count. :func:`load_split` reads a split without TensorFlow. Features, shards and directory layout:
+docs/internals.md.
 """
 
 from __future__ import annotations
@@ -121,7 +109,7 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
         yield  # closing the file releases the lock
 
 
-def prepare(index: DatasetIndex, image_size: int, cache_dir: str | Path, workers: int = 1) -> Path:
+def build_image_cache(index: DatasetIndex, image_size: int, cache_dir: str | Path, workers: int = 1) -> Path:
     """Builds the ArrayRecord dataset once and returns its directory (for :func:`load_split`).
 
     Reuses the directory when the fingerprint matches. A build decodes, resizes, serialises and
@@ -219,7 +207,7 @@ def read_tables(path: str | Path) -> dict[str, Any]:
 
 
 def load_split(path: str | Path, split: str) -> SplitSource:
-    """Random-access source of one split of a dataset written by :func:`prepare`."""
+    """Random-access source of one split of a dataset written by :func:`build_image_cache`."""
     tables = read_tables(path)
     split_tables = tables["splits"][split]
     records = tfds.builder_from_directory(os.fspath(path)).as_data_source(split)

@@ -14,8 +14,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from rockir_jax.models.heads import GatedSiameseHead, RegressionHead, SiameseHead
-from rockir_jax.models.resnet import resnet
-from rockir_jax.models.winograd import ConvAlgorithm
 
 ModuleDef = Callable[..., nn.Module]
 
@@ -33,6 +31,12 @@ def backbone_features(backbone: nn.Module, images: jnp.ndarray, train: bool) -> 
 
 def _pool(feature_map: jnp.ndarray) -> jnp.ndarray:
     return jnp.mean(feature_map.astype(jnp.float32), axis=(1, 2))
+
+
+def retrieval_embedding(image_features: jnp.ndarray, rock_features: jnp.ndarray) -> jnp.ndarray:
+    """The DSNN's retrieval embedding of one image: ``(normalize(f_img) + normalize(f_rock)) / 2`` of
+    the pooled feature maps of both backbones."""
+    return (l2_normalize(_pool(image_features)) + l2_normalize(_pool(rock_features))) / 2
 
 
 class DSNN(nn.Module):
@@ -80,14 +84,15 @@ class DSNN(nn.Module):
             "p_rock": p_rock[:, 0],
             "reg0": self.regression(h3),
             "reg1": self.regression(h4),
+            "embedding0": l2_normalize(retrieval_embedding(h1, h3)),
+            "embedding1": l2_normalize(retrieval_embedding(h2, h4)),
         }
 
     def embed(self, images: jnp.ndarray) -> dict[str, jnp.ndarray]:
         """``embedding = (normalize(f_img) + normalize(f_rock)) / 2`` of pooled features, and ``reg``."""
         f_img = backbone_features(self.image_backbone, images, False)
         f_rock = backbone_features(self.rock_backbone, images, False)
-        embedding = (l2_normalize(_pool(f_img)) + l2_normalize(_pool(f_rock))) / 2
-        return {"embedding": embedding, "reg": self.regression(f_rock)}
+        return {"embedding": retrieval_embedding(f_img, f_rock), "reg": self.regression(f_rock)}
 
 
 class SiameseNet(nn.Module):
@@ -125,26 +130,3 @@ class VanillaNet(nn.Module):
     def embed(self, images: jnp.ndarray) -> dict[str, jnp.ndarray]:
         pooled = self.image_backbone(images, train=False, output="pooled").astype(jnp.float32)
         return {"embedding": l2_normalize(pooled)}
-
-
-def build_model(
-    model: str,
-    backbone: str,
-    *,
-    num_extra_targets: int = 0,
-    axis_name: str | None = None,
-    dtype: jnp.dtype = jnp.float32,
-    conv_algorithm: ConvAlgorithm = "auto",
-) -> nn.Module:
-    """``build_model("dsnn" | "siamese" | "vanilla", "resnet18" | "resnet34", ...)``: the network with
-    its backbone factory (:func:`rockir_jax.models.resnet.resnet`) built from the config's names."""
-    if model == "vanilla":
-        axis_name = None  # never trained
-    factory = resnet(backbone, axis_name=axis_name, dtype=dtype, conv_algorithm=conv_algorithm)
-    if model == "dsnn":
-        return DSNN(factory, num_extra_targets)
-    if model == "siamese":
-        return SiameseNet(factory)
-    if model == "vanilla":
-        return VanillaNet(factory)
-    raise ValueError(f"unknown model {model!r}; choose 'dsnn', 'siamese' or 'vanilla'")

@@ -1,14 +1,9 @@
 """PyTorch state dicts → Flax variables, driven by mapping tables.
 
-Two source namings are understood:
-
-* torchvision's ``resnet18``/``resnet34`` (``conv1.weight``, ``layer1.0.bn1.running_mean``, ``fc.bias``);
-* the original RockIR backbone files, saved from ``nn.Sequential(*list(resnet.children())[:-2])``
-  inside DDP (``module.0.weight`` = ``conv1``, ``module.1.*`` = ``bn1``, ``module.4.*`` … ``module.7.*`` =
-  ``layer1`` … ``layer4``), which :data:`SEQUENTIAL_TO_TORCHVISION` renames to the first.
-
-Every conversion is strict: missing, unexpected and mis-shaped keys are all collected and reported in one
-error. Nothing here needs torch except :func:`load_torch_state_dict`.
+Understands torchvision's ``resnet18``/``resnet34`` names and the original RockIR backbone files (an
+``nn.Sequential`` inside DDP, renamed by :data:`SEQUENTIAL_TO_TORCHVISION`). Every conversion is strict:
+missing, unexpected and mis-shaped keys are all reported in one error. Nothing here needs torch except
+:func:`load_torch_state_dict`. The key namings: docs/internals.md.
 """
 
 from __future__ import annotations

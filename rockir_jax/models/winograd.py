@@ -1,19 +1,10 @@
 """Winograd F(2×2, 3×3) convolution: the 3×3 stride-1 convolutions of a ResNet with 2.25× fewer multiplies.
 
-Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR 2016). Each 2×2 output tile
-comes from a 4×4 input tile ``d`` as ``Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A``: the input tiles and the kernel
-``g`` are transformed, multiplied position by position (16 matrix products over channels instead of 9
-per output pixel, for 4 pixels at once) and transformed back. The gradients are Winograd
-convolutions too: the input gradient is the same algorithm on the flipped, transposed kernel, and the
-kernel gradient is one matrix product per tile position, so no weight-gradient convolution (and none
-of the layout transposes XLA:CPU wraps around it) is left.
-
-On XLA:CPU the matrix products run at the convolutions' FLOP rate from 128 channels on, so stages 2–4
-of a ResNet train faster (docs/cpu-speed.md); with 64 channels they are memory bound and
-the direct convolution stays faster. Accelerators have their own tuned convolution algorithms (cuDNN
-picks Winograd itself where it pays), and in bfloat16 the transforms' rounding would grow, so
-:func:`use_winograd` limits it to float32 on CPU. The results differ from a direct convolution only
-by float32 rounding (about 1e-6 relative).
+Lavin and Gray (CVPR 2016): each 2×2 output tile is ``Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`` of a 4×4 input tile
+``d`` and the kernel ``g``. The gradients are Winograd convolutions too, so no weight-gradient convolution
+is left. It pays on CPU in float32 for wide layers, so :func:`use_winograd` picks it only there; results
+differ from a direct convolution only by float32 rounding. The algorithm and when it pays:
+docs/internals.md.
 """
 
 from __future__ import annotations

@@ -12,6 +12,11 @@ from rockir_jax.physics.flow import (
     quiet_network_tools,
     voxel2_to_millidarcy,
 )
+from rockir_jax.physics.lattice_boltzmann import (
+    LbmResult,
+    permeability_lbm,
+    permeability_voxel2_lbm,
+)
 from rockir_jax.physics.properties import porosity, spanning_pores, specific_surface
 from rockir_jax.physics.segmentation import (
     MIN_PHASE_CONTRAST,
@@ -23,9 +28,12 @@ from rockir_jax.physics.segmentation import (
 __all__ = [
     "MILLIDARCY_M2",
     "MIN_PHASE_CONTRAST",
+    "LbmResult",
     "Segmentation",
     "otsu_threshold",
+    "permeability_lbm",
     "permeability_voxel2",
+    "permeability_voxel2_lbm",
     "phase_contrast",
     "porosity",
     "quiet_network_tools",

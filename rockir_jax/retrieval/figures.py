@@ -1,15 +1,9 @@
 """The original RockIR's qualitative retrieval figure, as a PNG.
 
-For one query the figure has three rows of hits, each the best three (in ranking order) of one kind:
-
-1. the same sample as the query,
-2. the same reservoir but another sample,
-3. another reservoir,
-
-and the query itself in a column on the left. Every hit is titled with its absolute rank in the
-query's ranking (1 = nearest, the query itself excluded), its true and predicted porosity and
-permeability. Permeabilities are shown as given: pass physical values (multiplied back by
-Pixelsize²).
+The query sits in a column on the left; three rows hold the best three hits (in ranking order) of one kind
+each: the same sample, the same reservoir but another sample, another reservoir. Every hit is titled with
+its absolute rank (1 = nearest, the query itself excluded) and its true and predicted porosity and
+permeability. Permeabilities are shown as given: pass physical values (multiplied back by Pixelsize²).
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """A saved retrieval index: embeddings and per-image metadata, so a query need not re-embed.
 
-On disk an index is a directory holding
-
-* ``arrays.npz``: the arrays (strings as fixed-width unicode, so no pickling is involved);
-* ``index.json``: the format name and version, the model/config identity, the row count and
-  embedding width, which optional arrays are present and the SHA-256 of ``arrays.npz``.
-
-:func:`load_index` checks all of these and names the offending file in its error. Both files are
-written to temporary names and renamed into place, so an interrupted save never leaves a directory
-that loads as a different index.
+An index is a directory holding ``arrays.npz`` (no pickling) and ``index.json`` (format, model identity,
+shape, checksum); :func:`load_index` checks them all and names the offending file. Saving is atomic, so an
+interrupted save never leaves a directory that loads as a different index. What the files hold:
+docs/internals.md.
 """
 
 from __future__ import annotations

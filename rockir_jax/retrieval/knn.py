@@ -1,39 +1,9 @@
-"""Exact k-nearest-neighbour search, sharded over devices.
+"""Exact k-nearest-neighbour search, the database sharded by rows over the devices of a 1-D mesh.
 
-The database is split by rows over the devices of a 1-D mesh. For a batch of queries each device
-
-1. scores its shard with the expansion ``‖x‖² - 2 q·xᵀ`` (one matmul; ``‖q‖²`` is the same for
-   every row of a query, so the ranking leaves it out),
-2. picks its local k best rows with a two-stage top-k (below),
-3. re-scores those k rows exactly as ``Σ (q - x)²``, so the returned distances carry no
-   cancellation error,
-
-and an all-gather of the per-device candidates followed by one more top-k gives the global result.
-
-Screening (batches of at least :data:`SCREEN_MIN_QUERIES` queries): step 1 runs on bfloat16 copies of
-queries and rows with float32 accumulation, which XLA:CPU computes at 221 GFLOP/s against 146 for
-float32 here; the :data:`SCREEN_CANDIDATES` best rows by that score are re-scored exactly, and the
-result is *verified*: rounding both operands to bfloat16 moves a score by at most
-``bound = 2 c ‖q‖ max‖x‖`` (``c`` covers the two roundings and the float32 sum, plus slack for the
-float32 arithmetic). Every row outside the candidates scores at least the worst candidate's screened
-score, so when that score minus the bound still exceeds the k-th exact candidate distance, no row outside
-can enter the top k and the answer is exact. A device whose queries do not all pass redoes its batch with
-the float32 scores, so the result never depends on the screen (near-duplicate rows, for instance, fail
-it and take the float32 path).
-
-Two-stage top-k: a shard's scores are cut into chunks of :data:`CHUNK` columns; the k chunks with
-the smallest minima are kept and the k best are chosen among their ``k·CHUNK`` scores. This is
-exact: the k-th smallest chunk minimum ``t`` bounds the k-th smallest score from above (k distinct
-chunks hold a score ≤ t), and every score ≤ t sits in a chunk whose minimum is ≤ t, i.e. in a kept
-chunk (ties at ``t`` aside). The chunk minima are one fused pass over the scores, after which the
-top-k selections only see ``S/CHUNK`` minima and ``k·CHUNK`` kept scores instead of all ``S``.
-
-Padding: shards hold equal row counts, so the database is padded with zero rows whose squared norm
-is set to +inf (they score +inf and lose to every real row) and whose indices are masked out after
-the exact re-scoring, so they are never returned. Databases larger than device memory are streamed
-from the host in blocks (``knn(..., block_size=...)``) with a running top-k merged after each block.
-
-Indices are int32 (databases up to 2³¹ - 1 rows); distances are float32.
+Each device scores its shard with one matmul, keeps its k best rows by a two-stage top-k and re-scores
+them exactly as ``Σ (q - x)²``; an all-gather and one more top-k give the global answer. Large query
+batches screen in bfloat16 and verify the answer with a rounding bound, falling back to float32 when it
+fails, so results never depend on the screen. Why each step is exact: docs/internals.md.
 """
 
 from __future__ import annotations

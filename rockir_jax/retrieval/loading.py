@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from rockir_jax import run_folder
 from rockir_jax.configuration import load_config
 from rockir_jax.data.metadata import TargetSpec
 from rockir_jax.models import build_model, resnet_params
@@ -77,7 +78,9 @@ def load_workdir(workdir: str | Path, step: int | None = None) -> LoadedModel:
     workdir = Path(workdir)
     if not workdir.is_dir():
         raise FileNotFoundError(f"{workdir}: no such run directory")
-    return load_trained(workdir / "checkpoints", load_config(workdir / "config.json"), step)
+    return load_trained(
+        run_folder.checkpoints_dir(workdir), load_config(run_folder.config_path(workdir)), step
+    )
 
 
 def load_exported(model_dir: str | Path) -> LoadedModel:

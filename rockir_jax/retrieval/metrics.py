@@ -1,24 +1,10 @@
 """Retrieval and metadata metrics, in float64 numpy.
 
-Ranking metrics take ``relevant``: a boolean (Q, M) array whose row q says, rank by rank, whether
-the item retrieved at that rank is relevant to query q; and ``n_relevant``: (Q,) the number |R| of
-relevant items in the whole database (the query itself not counted). ``n_relevant`` defaults to the
-row sums, which is right only when the rows hold the full ranking. With ``rel_i`` the relevance at
-rank i (1-based) and ``P@i = (Σ_{j≤i} rel_j) / i``:
-
-* precision@k = ``Σ_{i≤k} rel_i / k``
-* AP@k        = ``Σ_{i≤k} P@i · rel_i / min(|R|, k)``   (standard; 1 for a perfect top k)
-* AP@k, original RockIR = ``Σ_{i ≤ r_k} P@i · rel_i / k``, where ``r_k`` is the rank of the k-th
-  relevant item (the end of the ranking when fewer are found): the precisions at the first k relevant
-  items *wherever they fall in the full ranking*, divided by k (< 1 when |R| < k). This is the
-  original's ``ap_k``; it needs the full ranking.
-* AP          = ``Σ_{i≤M} P@i · rel_i / |R|``   (over the full ranking; relevant items the
-  ranking does not reach count as never retrieved)
-* hit rate@k  = ``1 if Σ_{i≤k} rel_i ≥ 1 else 0``   (the paper's "recall@k")
-* recall@k    = ``Σ_{i≤k} rel_i / |R|``   (the fraction of the relevant items retrieved)
-
-Queries with no relevant item (|R| = 0) get NaN from every metric normalised by |R|;
-:func:`retrieval_metrics` leaves them out of all its means and reports how many there were.
+Ranking metrics take ``relevant`` (Q, M: whether the item at each rank is relevant to each query) and
+``n_relevant`` (Q,: the number |R| of relevant items in the database; the row sums by default, right only
+for full rankings) and give precision@k, AP@k (standard, and the original RockIR's), AP, hit rate@k (the
+paper's "recall@k") and recall@k. Queries with |R| = 0 get NaN and :func:`retrieval_metrics` leaves them
+out of its means. Definitions: docs/internals.md.
 """
 
 from __future__ import annotations
@@ -67,6 +53,21 @@ PER_SAMPLE = "_per_sample"
 """Suffix of the levels measured per sample rather than per slice: ``reservoir_per_sample`` ranks each
 sample's mean embedding against the other samples'; ``metadata_per_sample`` scores the mean of a sample's
 slice predictions (users hold many slices of one rock)."""
+
+TABLE_COLUMNS = (
+    ("sample", "map@{k}"),
+    ("reservoir", "map@{k}"),
+    ("reservoir", "map"),
+    (f"reservoir{PER_SAMPLE}", "map@{k}"),
+    ("metadata", "porosity_mae"),
+    ("metadata", "porosity_r2"),
+    (f"metadata{PER_SAMPLE}", "porosity_r2"),
+    ("metadata", "log10_permeability_rmse"),
+    ("metadata", "log10_permeability_r2"),
+    (f"metadata{PER_SAMPLE}", "log10_permeability_r2"),
+)
+"""The headline metrics of comparison tables, (level, name): names from :data:`RANKING_METRICS` and
+:data:`METADATA_METRICS`."""
 
 BEST_CHECKPOINT_METRIC = ("reservoir", "map@{k}")
 """The validation metric that picks a run's best checkpoint: reservoir mAP@k."""

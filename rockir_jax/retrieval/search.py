@@ -13,6 +13,7 @@ pixel size the predicted permeability is in the CSV's units (× ``Pixelsize**2``
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -133,6 +134,8 @@ class Searcher:
             raise ValueError(f"the index has {len(index)} image(s); searching needs at least 2")
         self.model = model
         self.index = index
+        if max_hits < 1:
+            raise ValueError(f"a search needs at least 1 hit, got {max_hits}")
         self.max_hits = min(max_hits, len(index) - 1)
         self.batch_sizes = tuple(sorted(batch_sizes))
         self.knn = KnnIndex(index.embeddings)
@@ -258,6 +261,20 @@ def query_labels(
     return str(table.samples[0]), str(table.reservoirs[0]), pixel_size
 
 
+PIXEL_SIZES_UM = (1e-3, 1e4)
+"""The pixel sizes a query may state, in µm: from electron to coarse X-ray imaging."""
+
+
+def check_pixel_size(value: float | None) -> float | None:
+    """``value`` if it is a plausible pixel size in µm (or None: not known); else a ValueError."""
+    if value is None:
+        return None
+    low, high = PIXEL_SIZES_UM
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ValueError(f"pixel size must be a number of µm between {low:g} and {high:g}, got {value:g}")
+    return value
+
+
 def search_file(
     searcher: Searcher,
     query: str | Path,
@@ -268,6 +285,7 @@ def search_file(
     """Embeds the image file ``query`` and finds its ``k`` nearest database rows (at most
     ``searcher.max_hits``; the query itself is never a hit when it is one of them)."""
     query = Path(query)
+    pixel_size = check_pixel_size(pixel_size)
     problem = check_image(query) if query.is_file() else f"{query}: no such query image"
     if problem:
         raise DataValidationError([problem], what="query image")

@@ -1,10 +1,8 @@
 """A classical baseline without deep learning: grey-level histogram and radial power spectrum.
 
-Each slice becomes ``2 * bins`` numbers: the fraction of its pixels in each of ``bins`` equal grey
-ranges (mineral and pore phases) and the log of its power spectrum's share in each of ``bins`` equal
-bands of spatial frequency up to Nyquist (grain and pore sizes, in pixels). Features are standardised
-with the training split's mean and std; a ridge regression on them predicts the regression targets.
-Search uses the standardised features as embeddings, exactly as the networks' embeddings.
+Each slice becomes ``2 * bins`` numbers (grey-level fractions and power-spectrum shares per frequency
+band), standardised with the training split's statistics; a ridge regression on them predicts the targets,
+and search uses them as embeddings, as the networks' embeddings. The features in detail: docs/internals.md.
 
 Pipeline::
 

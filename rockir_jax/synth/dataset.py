@@ -2,14 +2,17 @@
 
 Everything is deterministic from a master seed: a sample's randomness comes from
 ``np.random.SeedSequence(master_seed, spawn_key=(reservoir, sample, attempt))``.
+:func:`write_dataset` is ``rockir-synthesize``: it generates every sample and writes the set with
+:mod:`rockir_jax.data.writer`, as ``rockir-prepare`` writes volumes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import multiprocessing
 import os
+import shutil
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +20,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw
+from tqdm import tqdm
 
+from rockir_jax.data import writer
+from rockir_jax.data.layout import SPLITS
+from rockir_jax.data.writer import Tile
 from rockir_jax.physics import (
     permeability_voxel2,
     porosity,
@@ -30,11 +36,13 @@ from rockir_jax.physics import (
 from rockir_jax.synth.render import render_slices
 from rockir_jax.synth.reservoirs import RESERVOIRS, Reservoir
 from rockir_jax.synth.volumes import FLOW_AXIS, Rock, make_volume
-from rockir_jax.volumes.layout import sample_folder, slice_filename
 from rockir_jax.volumes.slicing import even_positions
 
-# Per reservoir and split: 5 train, 1 val, 2 db_test samples out of 8 (more samples keep the ratio).
-SPLIT_FRACTIONS = (("train", 5 / 8), ("val", 1 / 8), ("db_test", 2 / 8))
+# Per reservoir, the fractions of its samples in each of SPLITS (train, val, db_test): 5, 1 and 2 of 8
+# (more samples keep the ratio).
+SPLIT_FRACTIONS = (5 / 8, 1 / 8, 2 / 8)
+OVERVIEW = "overview.png"
+GENERATION_RECORD = "generation.json"
 METADATA_COLUMNS = (
     "Image",
     "Label",
@@ -91,13 +99,9 @@ def sample_name(reservoir_code: str, sample_index: int) -> str:
 
 def split_of(sample_index: int, samples_per_reservoir: int) -> str:
     """Split of a sample within its reservoir: first 5/8 train, next 1/8 val, the rest db_test."""
-    n_train = round(SPLIT_FRACTIONS[0][1] * samples_per_reservoir)
-    n_val = max(1, round(SPLIT_FRACTIONS[1][1] * samples_per_reservoir))
-    if sample_index < n_train:
-        return "train"
-    if sample_index < n_train + n_val:
-        return "val"
-    return "db_test"
+    n_train = round(SPLIT_FRACTIONS[0] * samples_per_reservoir)
+    n_val = max(1, round(SPLIT_FRACTIONS[1] * samples_per_reservoir))
+    return SPLITS[(sample_index >= n_train) + (sample_index >= n_train + n_val)]
 
 
 # --- seeds and parameters -----------------------------------------------------------------------
@@ -278,37 +282,14 @@ def generate_samples(config: DatasetConfig, workers: int = 2) -> Iterator[Sample
         yield from pool.imap_unordered(_generate_job, jobs)
 
 
-def write_sample_images(out: Path, result: SampleResult) -> list[Path]:
-    """Write a sample's slices in the original layout (db_test is flat)."""
-    folder = sample_folder(out, result.split, result.name)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for number, image in enumerate(result.images):
-        path = folder / slice_filename(result.name, number)
-        Image.fromarray(image, mode="L").save(path, format="PNG", optimize=True)
-        paths.append(path)
-    return paths
+def _metadata(results: Sequence[SampleResult]) -> pd.DataFrame:
+    """The metadata CSV: a row per sample, sorted by name, in :data:`METADATA_COLUMNS`' order."""
+    return writer.metadata_frame([r.row for r in results], METADATA_COLUMNS)
 
 
-def metadata_frame(results: Sequence[SampleResult]) -> pd.DataFrame:
-    """The metadata CSV's rows, sorted by sample name."""
-    rows = [r.row for r in sorted(results, key=lambda r: r.name)]
-    return pd.DataFrame(rows, columns=list(METADATA_COLUMNS))
-
-
-def write_metadata(out: Path, results: Sequence[SampleResult]) -> Path:
-    """``metadata.csv`` with full float precision, so a regeneration can be compared exactly."""
-    path = out / "metadata.csv"
-    metadata_frame(results).to_csv(path, index=False, float_format="%.10g")
-    return path
-
-
-def write_generation_record(
-    out: Path, config: DatasetConfig, results: Sequence[SampleResult], command: str
-) -> Path:
+def generation_record(config: DatasetConfig, results: Sequence[SampleResult], command: str) -> dict[str, Any]:
     """``generation.json``: the config, the command and every sample's parameters and seed key."""
-    path = out / "generation.json"
-    record = {
+    return {
         "config": config.__dict__,
         "command": command,
         "seed_scheme": "np.random.SeedSequence(seed, spawn_key=(reservoir, sample, attempt))",
@@ -325,29 +306,25 @@ def write_generation_record(
         ],
         "samples": [r.record for r in sorted(results, key=lambda r: r.name)],
     }
-    path.write_text(json.dumps(record, indent=1) + "\n")
-    return path
 
 
-def contact_sheet(results: Sequence[SampleResult], path: Path, columns: int = 6) -> Path:
-    """The middle slice of each reservoir's first ``columns`` samples, labelled, a row a reservoir."""
+def sheet_rows(results: Sequence[SampleResult], columns: int = 6) -> list[list[Tile]]:
+    """The overview's rows, a row a reservoir: the middle slice of its first ``columns`` samples, each
+    captioned with its name, porosity and permeability."""
     ordered = sorted(results, key=lambda r: (r.row["GI"], r.row["NI"]))
     by_reservoir: dict[str, list[SampleResult]] = {}
     for result in ordered:
         by_reservoir.setdefault(result.row["Reservoir"], []).append(result)
-    columns = min(columns, max(len(v) for v in by_reservoir.values()))
-    tile, label = ordered[0].images[0].shape[0], 12
-    sheet = Image.new("L", (columns * tile, len(by_reservoir) * (tile + label)), 255)
-    draw = ImageDraw.Draw(sheet)
-    for row, code in enumerate(by_reservoir):
-        for col, result in enumerate(by_reservoir[code][:columns]):
-            x, y = col * tile, row * (tile + label)
-            image = result.images[len(result.images) // 2]
-            sheet.paste(Image.fromarray(image, mode="L"), (x, y + label))
-            text = f"{result.name} {result.row['Porosity']:.2f} {result.row['Permeability']:.3g}mD"
-            draw.text((x + 2, y), text, fill=0)
-    sheet.save(path, format="PNG", optimize=True)
-    return path
+    return [
+        [
+            (
+                result.images[len(result.images) // 2],
+                f"{result.name} {result.row['Porosity']:.2f} {result.row['Permeability']:.3g}mD",
+            )
+            for result in samples[:columns]
+        ]
+        for samples in by_reservoir.values()
+    ]
 
 
 COLUMN_DOCS = {
@@ -381,7 +358,7 @@ def write_readme(
     workers: int,
 ) -> Path:
     """``README.md``: how the set was made, per-reservoir ranges, split counts and column units."""
-    frame = metadata_frame(results)
+    frame = _metadata(results)
     lines = [
         "# Synthetic digital rocks",
         "",
@@ -413,7 +390,7 @@ def write_readme(
     ]
     for reservoir in RESERVOIRS[: config.reservoirs]:
         rows = frame[frame["Reservoir"] == reservoir.code]
-        counts = [int((rows["Split"] == split).sum()) for split, _ in SPLIT_FRACTIONS]
+        counts = [int((rows["Split"] == split).sum()) for split in SPLITS]
         lines.append(
             f"| {reservoir.code} | `{reservoir.generator}` | {reservoir.description} | "
             f"{reservoir.voxel_size_um:g} | "
@@ -436,3 +413,45 @@ def write_readme(
     path = out / "README.md"
     path.write_text("\n".join(lines))
     return path
+
+
+@dataclass(frozen=True)
+class SynthesisReport:
+    """What :func:`write_dataset` wrote: the samples (sorted by name) and the generation's wall time."""
+
+    out: Path
+    results: list[SampleResult]
+    seconds: float
+
+
+def write_dataset(
+    out: Path,
+    config: DatasetConfig,
+    command: str,
+    workers: int = 2,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> SynthesisReport:
+    """Generates the data set of ``config`` into ``out``: the slices in the layout, ``metadata.csv``,
+    ``generation.json`` (``command`` is recorded there and in ``README.md``) and ``overview.png``.
+
+    ``workers`` processes generate the samples (the files do not depend on it); ``progress`` shows a
+    bar. An existing ``out`` is a ValueError unless ``overwrite``, which replaces it.
+    """
+    if out.exists():
+        if not overwrite:
+            raise ValueError(f"{out} exists; pass --overwrite to replace it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    start = time.perf_counter()
+    results = []
+    jobs = generate_samples(config, workers=workers)
+    for result in tqdm(jobs, total=len(sample_jobs(config)), unit="sample", disable=not progress):
+        writer.write_sample(out, result.split, result.name, result.images)
+        results.append(result)
+    seconds = time.perf_counter() - start
+    writer.write_metadata(out, _metadata(results))
+    writer.write_record(out / GENERATION_RECORD, generation_record(config, results, command))
+    writer.contact_sheet(sheet_rows(results), out / OVERVIEW, tile=config.image_size, label=12)
+    write_readme(out, config, results, command, seconds, workers)
+    return SynthesisReport(out, sorted(results, key=lambda r: r.name), seconds)

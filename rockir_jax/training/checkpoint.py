@@ -13,7 +13,6 @@ anywhere.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -27,9 +26,9 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers
 
-from rockir_jax import sharding
+from rockir_jax import run_folder, sharding
 from rockir_jax.configuration import load_config
-from rockir_jax.jsonio import read_versioned
+from rockir_jax.jsonio import json_text, read_versioned
 from rockir_jax.models import resnet_params
 from rockir_jax.training.step import TrainState
 
@@ -145,7 +144,6 @@ def restore_variables(directory: str | Path, step: int | None = None) -> tuple[d
 MODEL_FORMAT = "rockir_jax.model"
 MODEL_VERSION = 1
 MODEL_FILE = "model.json"
-CONFIG_FILE = "config.json"
 VARIABLES_DIR = "variables"
 
 
@@ -169,13 +167,13 @@ def export_model(workdir: str | Path, out: str | Path, step: int | None = None) 
     latest, or ``step``; the optimiser state is left out. ``out`` must not exist or be empty.
     """
     workdir, out = Path(workdir), Path(out).absolute()
-    config_path = workdir / CONFIG_FILE
+    config_path = run_folder.config_path(workdir)
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: no such file (is {workdir} a training run?)")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: already exists and is not empty")
     config = load_config(config_path)
-    variables, step = restore_variables(workdir / "checkpoints", step)
+    variables, step = restore_variables(run_folder.checkpoints_dir(workdir), step)
     manifest = {
         "format": MODEL_FORMAT,
         "version": MODEL_VERSION,
@@ -192,8 +190,8 @@ def export_model(workdir: str | Path, out: str | Path, step: int | None = None) 
     staging.mkdir()
     try:
         resnet_params.save_variables(variables, staging / VARIABLES_DIR)
-        shutil.copyfile(config_path, staging / CONFIG_FILE)
-        (staging / MODEL_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        shutil.copyfile(config_path, run_folder.config_path(staging))
+        (staging / MODEL_FILE).write_text(json_text(manifest))
         if out.exists():
             out.rmdir()
         staging.rename(out)
@@ -211,12 +209,12 @@ def read_model_dir(model_dir: str | Path) -> tuple[dict[str, Any], ml_collection
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path}: no such file (export a model with rockir-export)")
     manifest = read_versioned(manifest_path, MODEL_FORMAT, MODEL_VERSION)
-    config = load_config(model_dir / CONFIG_FILE)
+    config = load_config(run_folder.config_path(model_dir))
     for key in ("model", "backbone", "image_size"):
         if manifest.get(key) != config.get(key):
             raise ValueError(
-                f"{manifest_path}: {key} is {manifest.get(key)!r} but {model_dir / CONFIG_FILE} says "
-                f"{config.get(key)!r}"
+                f"{manifest_path}: {key} is {manifest.get(key)!r} but "
+                f"{run_folder.config_path(model_dir)} says {config.get(key)!r}"
             )
     variables = resnet_params.load_variables(model_dir / VARIABLES_DIR)
     if variables_fingerprint(variables) != manifest.get("variables_sha256"):

@@ -1,16 +1,10 @@
 """The DSNN's branch parallelism: each backbone trained on its own half of the devices.
 
-A ``data`` × ``branch`` mesh of shape (N/2, 2). The devices of branch 0 hold and train the image
-backbone, those of branch 1 the rock backbone, each on its ``data`` share of both images of every pair.
-Only the feature maps cross branches (one all-gather, whose transpose brings their gradients back);
-BatchNorm averages over ``data``; the small heads are replicated. Each backbone's parameters and
-optimiser state live only on its branch's devices, so its gradients need no all-reduce over
-``branch`` and each device updates half the parameters. The step computes what the data-parallel step
-(:mod:`rockir_jax.training.step`) computes, with half the devices in each BatchNorm all-reduce.
-
-In this training layout the two backbones' variables, and their optimiser moments, are stacked under
-``"backbones"`` (leading axis 2, split over ``branch``). Checkpoints, validation and everything
-downstream use the model's own layout; :class:`rockir_jax.training.layout.Layout` converts.
+On a ``data`` × ``branch`` mesh of shape (N/2, 2), branch 0 trains the image backbone and branch 1 the
+rock backbone; only the feature maps cross branches, and each backbone's parameters and optimiser state
+live on its branch alone, so no gradient all-reduce over ``branch`` is needed. The step computes what the
+data-parallel step (:mod:`rockir_jax.training.step`) computes. The backbones are stacked under
+``"backbones"`` here; :class:`rockir_jax.training.device_layout.Layout` converts. Details: docs/internals.md.
 """
 
 from __future__ import annotations

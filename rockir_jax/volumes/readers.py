@@ -1,21 +1,15 @@
 """Opening 3-D volumes without loading them: raw binaries, ``.npy``, TIFF stacks, HDF5 and NetCDF.
 
-Every reader returns a :class:`Volume` whose planes along axis 0 are read on demand: raw and
-``.npy`` files through numpy memory maps, HDF5/NetCDF-4 through h5py's chunked reads, classic NetCDF
-through scipy's memory map, TIFF stacks a page (or a file) at a time. A volume larger than memory
-is therefore read a few planes at a time.
-
-The sample name of a volume is its file stem (a folder's name for a folder of 2-D TIFFs). A raw
-volume's shape ``(Z, Y, X)`` and dtype come from a sidecar ``<stem>.json`` holding
-``{"shape": [Z, Y, X], "dtype": "uint8"}`` (optionally ``"voxel_size_um"``), or from a default
-:class:`RawSpec`; the sidecar wins. Dtypes are numpy's names, so ``">u2"`` reads big-endian 16-bit.
-
-Problems are :class:`VolumeError` (a ValueError) naming the file and what is wrong.
+Every reader returns a :class:`Volume` whose planes along axis 0 are read on demand, so a volume larger
+than memory is read a few planes at a time. A raw volume's shape and dtype come from a sidecar
+``<stem>.json`` or a default :class:`RawSpec`. Every problem, a hostile header included, is a
+:class:`VolumeError` naming the file. Readers, sidecar and header checks: docs/internals.md.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +22,11 @@ RAW_SUFFIXES = (".raw", ".bin", ".vol")
 TIFF_SUFFIXES = (".tif", ".tiff")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nc")
 VOLUME_SUFFIXES = (*RAW_SUFFIXES, ".npy", *TIFF_SUFFIXES, *HDF5_SUFFIXES)
+MAX_PLANE_BYTES = 1 << 30
+"""Largest plane (Y × X × bytes a voxel) a volume may have: planes are read whole, and a header can
+claim any shape (a 16k × 16k plane of 32-bit voxels is the most that fits)."""
+GREY_KINDS = "biuf"
+"""numpy dtype kinds of grey levels: bool, signed and unsigned integers, floats."""
 
 
 class VolumeError(ValueError):
@@ -142,7 +141,7 @@ def _sidecar(path: Path) -> dict[str, Any]:
         return {}
     try:
         record = json.loads(sidecar.read_text())
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:
         raise VolumeError(f"{sidecar}: not a readable JSON sidecar ({err})") from None
     if not isinstance(record, dict):
         raise VolumeError(f'{sidecar}: expected a JSON object like {{"shape": [Z, Y, X], "dtype": "uint8"}}')
@@ -158,11 +157,37 @@ def _check_3d(path: Path, shape: Sequence[int], what: str = "") -> tuple[int, in
     return int(shape[0]), int(shape[1]), int(shape[2])
 
 
+def _check_grey(path: Path, dtype: np.dtype) -> None:
+    if dtype.kind not in GREY_KINDS or dtype.shape != ():
+        raise VolumeError(f"{path}: dtype {dtype.str} is not a grey-level volume (integers or floats)")
+
+
+def _check_planes(volume: Volume) -> None:
+    """Refuses a volume of other than grey levels or with planes over :data:`MAX_PLANE_BYTES`."""
+    _check_grey(volume.path, volume.dtype)
+    _, y, x = volume.shape
+    plane = y * x * volume.dtype.itemsize
+    if plane > MAX_PLANE_BYTES:
+        raise VolumeError(
+            f"{volume.path}: a plane of {y}×{x} {volume.dtype.name} is {plane:,} bytes, more than the "
+            f"{MAX_PLANE_BYTES:,} a reader holds at once"
+        )
+
+
+def _voxel_size(path: Path, value: Any) -> float:
+    size = value if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    if not (math.isfinite(size) and size > 0):
+        raise VolumeError(
+            f"{path.with_suffix('.json')}: voxel_size_um must be a positive number, got {value!r}"
+        )
+    return float(size)
+
+
 def _open_raw(path: Path, default: RawSpec | None, sidecar: dict[str, Any]) -> Volume:
     if "shape" in sidecar or "dtype" in sidecar:
         try:
             spec = RawSpec(tuple(int(s) for s in sidecar["shape"]), str(sidecar["dtype"]))  # type: ignore[arg-type]
-        except (KeyError, TypeError, ValueError) as err:
+        except Exception as err:  # missing keys, no list, no numbers, inf, an unknown dtype
             raise VolumeError(
                 f'{path.with_suffix(".json")}: needs "shape": [Z, Y, X] and "dtype" ({err})'
             ) from None
@@ -175,7 +200,8 @@ def _open_raw(path: Path, default: RawSpec | None, sidecar: dict[str, Any]) -> V
             '{"shape": [Z, Y, X], "dtype": "uint8"}'
         )
     dtype = np.dtype(spec.dtype)
-    expected = int(np.prod(spec.shape)) * dtype.itemsize
+    _check_grey(path, dtype)
+    expected = math.prod(spec.shape) * dtype.itemsize  # Python integers: no overflow
     size = path.stat().st_size
     if size != expected:
         z, y, x = spec.shape
@@ -183,8 +209,8 @@ def _open_raw(path: Path, default: RawSpec | None, sidecar: dict[str, Any]) -> V
             f"{path}: {size} bytes, but shape {z}x{y}x{x} of {dtype.name} needs {expected} bytes; "
             "check the shape and dtype"
         )
-    array = np.memmap(path, dtype=dtype, mode="r", shape=spec.shape)
     shape = _check_3d(path, spec.shape)
+    array = np.memmap(path, dtype=dtype, mode="r", shape=shape)
     return Volume(
         path, sample_name(path), shape, dtype, lambda a, b: array[a:b], description={"format": "raw"}
     )
@@ -195,6 +221,9 @@ def _open_npy(path: Path) -> Volume:
         array = np.load(path, mmap_mode="r")
     except Exception as err:  # numpy raises several types for a damaged header
         raise VolumeError(f"{path}: not a readable .npy file ({type(err).__name__}: {err})") from None
+    if not isinstance(array, np.ndarray):  # np.load opens zip archives (.npz) whatever their name
+        getattr(array, "close", lambda: None)()
+        raise VolumeError(f"{path}: not a readable .npy file (a {type(array).__name__}, not one array)")
     shape = _check_3d(path, array.shape)
     return Volume(path, path.stem, shape, array.dtype, lambda a, b: array[a:b], description={"format": "npy"})
 
@@ -202,12 +231,16 @@ def _open_npy(path: Path) -> Volume:
 def _open_tiff_file(path: Path) -> Volume:
     import tifffile
 
+    tif = None
     try:
         tif = tifffile.TiffFile(path)
         series = tif.series[0]
         shape = tuple(series.shape)
         dtype = np.dtype(series.dtype)
+        one_page_a_plane = len(series.pages) == shape[0] if shape else False
     except Exception as err:  # tifffile raises TiffFileError, struct and value errors on bad files
+        if tif is not None:
+            tif.close()
         raise VolumeError(f"{path}: not a readable TIFF ({type(err).__name__}: {err})") from None
     try:
         shape = _check_3d(path, shape)
@@ -217,13 +250,25 @@ def _open_tiff_file(path: Path) -> Volume:
     try:
         # uncompressed, contiguous stacks map straight from disk
         array = tifffile.memmap(path, mode="r")
+        if array.shape != shape:
+            raise ValueError(f"memory map of shape {array.shape}")
         read: Callable[[int, int], np.ndarray] = lambda a, b: array[a:b]
     except Exception:  # compressed or scattered pages: read page by page
-        if len(series.pages) == shape[0]:
+        if one_page_a_plane:
             read = lambda a, b: tif.asarray(key=range(a, b), series=0).reshape(b - a, *shape[1:])
-        else:
-            whole = series.asarray()
-            read = lambda a, b: whole[a:b]
+        else:  # pages that are not planes: the whole series, read once, when first asked
+            whole: list[np.ndarray] = []
+
+            def read(a: int, b: int) -> np.ndarray:
+                if math.prod(shape) * dtype.itemsize > MAX_PLANE_BYTES:
+                    raise VolumeError(
+                        f"{path}: its pages are not planes, so it is read whole, and it is larger than "
+                        f"{MAX_PLANE_BYTES:,} bytes; save it as one page a plane"
+                    )
+                if not whole:
+                    whole.append(series.asarray())
+                return whole[0][a:b]
+
     return Volume(path, path.stem, shape, dtype, read, tif.close, description={"format": "tiff"})
 
 
@@ -262,30 +307,53 @@ def _pick_dataset(path: Path, arrays: dict[str, tuple[int, ...]], dataset: str |
     return volumes[0]
 
 
+def _array_volume(
+    path: Path,
+    handle: Any,
+    dataset: str | None,
+    what: tuple[str, str],
+    arrays: Callable[[], dict[str, tuple[int, ...]]],
+    array: Callable[[str], Any],
+) -> Volume:
+    """The HDF5 and NetCDF readers' shared sequence on an opened file ``handle``: list its ``arrays()``,
+    pick ``dataset`` (or the only 3-D one), check its shape and build the Volume reading ``array(name)``;
+    the file is closed on any failure. ``what`` is (format, the word for an array in messages)."""
+    fmt, kind = what
+    try:
+        name = _pick_dataset(path, arrays(), dataset)
+        data = array(name)
+        shape = _check_3d(path, data.shape, f"{kind} {name!r} ")
+        dtype = np.dtype(data.dtype)
+    except VolumeError:
+        handle.close()
+        raise
+    except Exception as err:  # a damaged file fails while its structure is walked
+        handle.close()
+        raise VolumeError(f"{path}: not a readable {fmt} file ({type(err).__name__}: {err})") from None
+    return Volume(
+        path, path.stem, shape, dtype, lambda a, b: data[a:b], handle.close,
+        description={"format": fmt, "dataset": name},
+    )  # fmt: skip
+
+
 def _open_hdf5(path: Path, dataset: str | None) -> Volume:
     import h5py
 
     try:
         h5 = h5py.File(path, "r")
-    except OSError as err:
+    except Exception as err:  # OSError, or worse for a damaged superblock
         if path.suffix.lower() == ".nc":
             return _open_netcdf3(path, dataset)
         raise VolumeError(f"{path}: not a readable HDF5 file ({err})") from None
-    arrays: dict[str, tuple[int, ...]] = {}
-    h5.visititems(
-        lambda name, obj: arrays.update({name: obj.shape}) if isinstance(obj, h5py.Dataset) else None
-    )
-    try:
-        name = _pick_dataset(path, arrays, dataset)
-        data = h5[name]
-        shape = _check_3d(path, data.shape, f"dataset {name!r} ")
-    except VolumeError:
-        h5.close()
-        raise
-    return Volume(
-        path, path.stem, shape, np.dtype(data.dtype), lambda a, b: data[a:b], h5.close,
-        description={"format": "hdf5", "dataset": name},
-    )  # fmt: skip
+
+    def arrays() -> dict[str, tuple[int, ...]]:
+        found: dict[str, tuple[int, ...]] = {}
+        h5.visititems(
+            lambda name, obj: found.update({name: obj.shape}) if isinstance(obj, h5py.Dataset) else None
+        )
+        return found
+
+    return _array_volume(path, h5, dataset, ("hdf5", "dataset"), arrays, lambda name: h5[name])
 
 
 def _open_netcdf3(path: Path, dataset: str | None) -> Volume:
@@ -295,18 +363,10 @@ def _open_netcdf3(path: Path, dataset: str | None) -> Volume:
         nc = netcdf_file(path, "r", mmap=True)
     except Exception as err:  # scipy raises TypeError/ValueError on non-NetCDF files
         raise VolumeError(f"{path}: neither NetCDF-4 (HDF5) nor classic NetCDF ({err})") from None
-    arrays = {name: tuple(var.shape) for name, var in nc.variables.items()}
-    try:
-        name = _pick_dataset(path, arrays, dataset)
-        data = nc.variables[name].data
-        shape = _check_3d(path, data.shape, f"variable {name!r} ")
-    except VolumeError:
-        nc.close()
-        raise
-    return Volume(
-        path, path.stem, shape, np.dtype(data.dtype), lambda a, b: data[a:b], nc.close,
-        description={"format": "netcdf", "dataset": name},
-    )  # fmt: skip
+    arrays = lambda: {name: tuple(var.shape) for name, var in nc.variables.items()}
+    return _array_volume(
+        path, nc, dataset, ("netcdf", "variable"), arrays, lambda name: nc.variables[name].data
+    )
 
 
 def open_volume(path: str | Path, raw: RawSpec | None = None, dataset: str | None = None) -> Volume:
@@ -336,6 +396,11 @@ def open_volume(path: str | Path, raw: RawSpec | None = None, dataset: str | Non
             volume = _open_hdf5(path, dataset)
         else:
             raise VolumeError(f"{path}: unknown volume format (accepted: {', '.join(VOLUME_SUFFIXES)})")
-    if "voxel_size_um" in sidecar:
-        volume.voxel_size_um = float(sidecar["voxel_size_um"])
+    try:
+        _check_planes(volume)
+        if "voxel_size_um" in sidecar:
+            volume.voxel_size_um = _voxel_size(path, sidecar["voxel_size_um"])
+    except VolumeError:
+        volume.close()
+        raise
     return volume

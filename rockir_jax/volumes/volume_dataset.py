@@ -1,30 +1,19 @@
 """3-D micro-CT volumes to the data set training reads: slices, a metadata CSV, physics the lab lacks.
 
-For each volume (sample name = file stem): ``N`` slices normal to the chosen axes, windowed to 8 bits
-by percentile clipping, centre-cropped to a square and resized; porosity (pore voxel fraction of
-the whole volume) and absolute permeability along the slice normal (snow2 + OpenPNM Stokes flow on a
-centred sub-volume of at most ``flow_size``³ voxels) wherever the lab CSV has no value. Lab values
-win; ``Porosity_source`` and ``Permeability_source`` say where each value came from. With several
-slice axes, ``Permeability`` is the geometric mean of the per-axis values (``Permeability_axisN``).
-
-``Pixelsize`` is the pixel edge of the written images in µm: the voxel size times the crop side
-over the image side, so that training's ``log10(Permeability / Pixelsize**2)`` compares samples at
-the image scale the network sees.
-
-Writing is atomic: each volume is prepared in ``<out>.partial/volumes/<name>.tmp/`` and renamed to
-``<name>/`` when finished; the data set is assembled in ``<out>.partial/dataset/`` and renamed to
-``<out>`` only when every volume succeeded. A rerun reuses every finished volume whose file and
-settings have not changed, whether in ``<out>.partial`` (an interrupted run) or in ``<out>`` (a
-finished one; ``<out>/prepare.json`` records each volume).
+Each volume (sample name = file stem) gives ``N`` 8-bit slices normal to the chosen axes, plus porosity and
+permeability (snow2 + OpenPNM) wherever the lab CSV has no value; lab values win. Writing is atomic, and a
+rerun reuses every finished volume whose file and settings have not changed. The files are written by
+:mod:`rockir_jax.data.writer`; errors and warnings are logged, the rest comes back in the report. Windowing,
+``Pixelsize`` and the atomic writes: docs/internals.md.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
-import sys
 import time
 import zlib
 from collections.abc import Mapping, Sequence
@@ -34,18 +23,20 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from rockir_jax.data import writer
+from rockir_jax.data.layout import SPLITS, sample_folder
+from rockir_jax.data.writer import Tile
 from rockir_jax.physics import (
     MIN_PHASE_CONTRAST,
     Segmentation,
+    permeability_lbm,
     permeability_voxel2,
     phase_contrast,
     quiet_network_tools,
     voxel2_to_millidarcy,
 )
-from rockir_jax.volumes.layout import sample_folder, slice_filename
 from rockir_jax.volumes.readers import RawSpec, Volume, VolumeError, find_volumes, open_volume, sample_name
 from rockir_jax.volumes.slicing import (
     IntensityWindow,
@@ -56,10 +47,22 @@ from rockir_jax.volumes.slicing import (
     voxel_sample,
 )
 
-SPLITS = ("train", "val", "db_test")
 LAB_NAME_COLUMNS = ("Created_label", "Sample", "Image")
 LAB_VOXEL_COLUMNS = ("Voxelsize", "Pixelsize")
 RECORD = "prepare.json"
+CONTACT_SHEET = "contact_sheet.png"
+SHEET_COLUMNS = 4  # slices of a sample on the contact sheet
+# the metadata CSV's leading and trailing columns; the others (lab extras, per-axis values) in between
+FIRST_COLUMNS = ("Created_label", "Image", "Porosity", "Permeability", "Pixelsize", "Reservoir", "Split")
+SOURCE_COLUMNS = ("Porosity_source", "Permeability_source")
+
+log = logging.getLogger(__name__)
+
+FLOW_SOLVERS = {
+    "network": "snow2 + Stokes flow",
+    "lbm": "lattice Boltzmann (D3Q19 TRT) Stokes flow on the voxels",
+}
+"""The permeability solvers, by name: the pore network is fast, the voxel solve the reference."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class PrepareOptions:
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
     segmentation: Segmentation = field(default_factory=Segmentation)
     flow_size: int = 128
+    flow: Literal["network", "lbm"] = "network"
     voxel_size_um: float | None = None
     raw: RawSpec | None = None
     dataset: str | None = None
@@ -96,6 +100,8 @@ class PrepareOptions:
             )
         if not 0 <= self.clip_percentiles[0] < self.clip_percentiles[1] <= 100:
             raise ValueError(f"clip percentiles need 0 <= low < high <= 100, got {self.clip_percentiles}")
+        if self.flow not in FLOW_SOLVERS:
+            raise ValueError(f"flow is one of {', '.join(FLOW_SOLVERS)}, got {self.flow!r}")
         if self.flow_size < 16:
             raise ValueError(f"flow sub-volume size must be at least 16 voxels, got {self.flow_size}")
 
@@ -104,6 +110,9 @@ class PrepareOptions:
         settings = asdict(self)
         settings.pop("split_fractions")
         settings.pop("split_by")
+        if settings["flow"] == "network":
+            # The default solver keeps the fingerprints of sets prepared before the choice existed.
+            settings.pop("flow")
         return settings
 
 
@@ -122,8 +131,16 @@ class VolumeResult:
     split: str | None = None
 
     @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> VolumeResult:
+        """The result of its JSON record (``result.json``, an entry of ``prepare.json``'s ``volumes``);
+        an empty (``null``) value of the row is NaN again."""
+        row = {k: np.nan if v is None else v for k, v in record["row"].items()}
+        return cls(**{**record, "row": row})
+
+    @classmethod
     def load(cls, path: Path) -> VolumeResult:
-        return cls(**json.loads(path.read_text()))
+        """The result saved at ``path`` (``result.json``)."""
+        return cls.from_record(json.loads(path.read_text()))
 
 
 @dataclass
@@ -254,12 +271,8 @@ def prepare_volume(
         reads = sum(axis == 0 for axis, _ in plan.cuts) + (volume.shape[0] if across else 0)
         with _stage(name, "slices", reads, "plane") as bar:
             slices = read_slices(volume, plan, bar.update)
-        files = []
-        for number, image in enumerate(slices):
-            files.append(slice_filename(name, number))
-            Image.fromarray(to_training_image(image, window, options.image_size), mode="L").save(
-                folder / files[-1], format="PNG", optimize=True
-            )
+        images = (to_training_image(image, window, options.image_size) for image in slices)
+        files = writer.write_slices(folder, name, images)
         row: dict[str, Any] = {
             "Created_label": name,
             "Image": name,
@@ -310,6 +323,23 @@ def prepare_volume(
     )
 
 
+def _solve_flow(pore: np.ndarray, axis: int, flow: str, label: str) -> float:
+    """Permeability in voxel² by the chosen solver; the voxel solve shows its iterations and flux change,
+    and says so when it stops unconverged."""
+    if flow == "network":
+        return permeability_voxel2(pore, axis)
+    with tqdm(desc=f"{label}: lattice Boltzmann", unit="step", leave=False) as bar:
+
+        def progress(step: int, change: float) -> None:
+            bar.update(step - bar.n)
+            bar.set_postfix(flux_change=f"{change:.1e}")
+
+        result = permeability_lbm(pore, axis, progress=progress)
+    if not result.converged:
+        log.warning("%s: %s", label, result.message)
+    return result.k_voxel2
+
+
 def _permeability(
     volume: Volume, row: dict[str, Any], options: PrepareOptions, threshold: float, how: str, voxel: float
 ) -> tuple[dict[str, Any], str, str]:
@@ -323,7 +353,7 @@ def _permeability(
         bar.update()
         values = {}
         for axis in options.axes:
-            values[axis] = permeability_voxel2(pore, axis)
+            values[axis] = _solve_flow(pore, axis, options.flow, f"{name} axis {axis}")
             bar.update()
     size = "x".join(str(n) for n in pore.shape)
     blocked = [a for a, k in values.items() if k == 0]
@@ -341,7 +371,7 @@ def _permeability(
     mean = " (geometric mean over axes)" if len(millidarcy) > 1 else ""
     axes = ",".join(map(str, millidarcy))
     row["Permeability_source"] = (
-        f"computed: snow2 + Stokes flow along axis {axes}{mean}, {size} sub-volume, {how}"
+        f"computed: {FLOW_SOLVERS[options.flow]} along axis {axes}{mean}, {size} sub-volume, {how}"
     )
     return row, "ok", ""
 
@@ -371,7 +401,7 @@ def assign_splits(
         raise ValueError(
             f"{len(order)} usable volume(s) leave no training sample with split {tuple(fractions)}"
         )
-    splits = ["train"] * n_train + ["val"] * counts[0] + ["db_test"] * counts[1]
+    splits = [split for split, n in zip(SPLITS, (n_train, *counts), strict=True) for _ in range(n)]
     return dict(zip(order, splits, strict=True))
 
 
@@ -384,51 +414,41 @@ def file_splits(result: VolumeResult, options: PrepareOptions) -> dict[str, str]
     return assign_splits(result.files, options.split_fractions, seed)
 
 
-def metadata_frame(results: Sequence[VolumeResult], reservoir: str | None) -> pd.DataFrame:
-    """The CSV training reads, one row per usable sample, sorted by name (see the module docstring)."""
-    rows = [dict(r.row, Split=r.split) for r in sorted(results, key=lambda r: r.name)]
-    frame = pd.DataFrame(rows)
-    if reservoir is not None or "Reservoir" in frame.columns:
-        given = frame["Reservoir"] if "Reservoir" in frame.columns else pd.Series(np.nan, index=frame.index)
-        # training's own fallback, written out: the first 3 characters of the sample name
-        frame["Reservoir"] = given.fillna(
-            reservoir if reservoir is not None else frame["Created_label"].str[:3]
-        )
-    first = ["Created_label", "Image", "Porosity", "Permeability", "Pixelsize", "Reservoir", "Split"]
-    first = [c for c in first if c in frame.columns]
-    sources = ["Porosity_source", "Permeability_source"]
-    return frame[first + [c for c in frame.columns if c not in first + sources] + sources]
+def metadata_rows(results: Sequence[VolumeResult], reservoir: str | None) -> list[dict[str, Any]]:
+    """The CSV rows training reads, one per usable sample, with its ``Split`` (module docstring).
+
+    With a ``reservoir``, or a lab ``Reservoir`` for some samples, every row has one: the lab's, else
+    ``reservoir``, else training's own fallback written out (the first 3 characters of the name).
+    """
+    rows = [dict(r.row, Split=r.split) for r in results]
+    if reservoir is not None or any("Reservoir" in row for row in rows):
+        for row in rows:
+            row.setdefault("Reservoir", reservoir if reservoir is not None else row["Created_label"][:3])
+    return rows
 
 
-def contact_sheet(
-    results: Sequence[VolumeResult], folders: Mapping[str, Path], path: Path, per_sample: int = 4
-) -> Path:
-    """A row per sample: up to ``per_sample`` slices, labelled with porosity and permeability."""
-    tile, label = 96, 14
-    ordered = sorted(results, key=lambda r: r.name)
-    sheet = Image.new("L", (per_sample * tile, len(ordered) * (tile + label)), 255)
-    draw = ImageDraw.Draw(sheet)
-    for row, result in enumerate(ordered):
-        y = row * (tile + label)
+def sheet_rows(
+    results: Sequence[VolumeResult], folders: Mapping[str, Path], per_sample: int = SHEET_COLUMNS
+) -> list[list[Tile]]:
+    """The contact sheet's rows, one per sample by name: up to ``per_sample`` of its slices, captioned
+    with its split, porosity and permeability (lab or computed)."""
+    rows = []
+    for result in sorted(results, key=lambda r: r.name):
         picks = np.unique(
             np.linspace(0, len(result.files) - 1, min(per_sample, len(result.files))).round().astype(int)
         )
-        for col, pick in enumerate(picks):
-            with Image.open(folders[result.name] / result.files[pick]) as image:
-                sheet.paste(image.convert("L").resize((tile, tile)), (col * tile, y + label))
         values = result.row
         mark = {
             k: "lab" if values.get(f"{k}_source") == "lab" else "computed"
             for k in ("Porosity", "Permeability")
         }
-        draw.text(
-            (2, y),
+        caption = (
             f"{result.name} [{result.split}]  porosity {values['Porosity']:.3f} ({mark['Porosity']})  "
-            f"k {values['Permeability']:.3g} mD ({mark['Permeability']})",
-            fill=0,
+            f"k {values['Permeability']:.3g} mD ({mark['Permeability']})"
         )
-    sheet.save(path, format="PNG", optimize=True)
-    return path
+        files = [folders[result.name] / result.files[pick] for pick in picks]
+        rows.append([(file, caption if i == 0 else "") for i, file in enumerate(files)])
+    return rows
 
 
 def _replace(target: Path, new: Path) -> None:
@@ -452,7 +472,7 @@ def _previous(out: Path) -> dict[str, VolumeResult]:
             f"{out}: exists and was not written by rockir-prepare (no {RECORD}); choose another --out"
         )
     record = json.loads((out / RECORD).read_text())
-    return {name: VolumeResult(**v) for name, v in record["volumes"].items()}
+    return {name: VolumeResult.from_record(v) for name, v in record["volumes"].items()}
 
 
 def prepare_dataset(
@@ -524,11 +544,11 @@ def prepare_dataset(
         except VolumeError as err:
             errors.append(str(err))
             shutil.rmtree(tmp)
-            tqdm.write(f"error: {err}", file=sys.stderr)
+            log.error("%s", err)
             continue
         if result.status != "ok":
-            tqdm.write(f"warning: {result.message}", file=sys.stderr)
-        (tmp / "result.json").write_text(json.dumps(asdict(result), indent=1, default=float) + "\n")
+            log.warning("%s", result.message)
+        writer.write_record(tmp / "result.json", asdict(result))
         os.replace(tmp, work / name)
         results[name], folders[name] = result, work / name
     if errors:
@@ -569,20 +589,17 @@ def _assemble(
     dataset = partial / "dataset"
     usable = [r for r in results.values() if r.status == "ok"]
     for result in usable:
-        for file, split in file_splits(result, options).items():
-            target = sample_folder(dataset, split, result.name)
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(folders[result.name] / file, target / file)
-    metadata_frame(usable, options.reservoir).to_csv(
-        dataset / "metadata.csv", index=False, float_format="%.10g"
-    )
-    contact_sheet(usable, folders, dataset / "contact_sheet.png")
+        writer.copy_slices(dataset, folders[result.name], result.name, file_splits(result, options))
+    rows = metadata_rows(usable, options.reservoir)
+    writer.write_metadata(dataset, writer.metadata_frame(rows, FIRST_COLUMNS, SOURCE_COLUMNS))
+    sheet = sheet_rows(usable, folders)
+    writer.contact_sheet(sheet, dataset / CONTACT_SHEET, tile=96, label=14, columns=SHEET_COLUMNS)
     record = {
         "options": options.volume_settings()
         | {"split_fractions": list(options.split_fractions), "split_by": options.split_by},
         "volumes": {name: asdict(r) for name, r in sorted(results.items())},
     }
-    (dataset / RECORD).write_text(json.dumps(record, indent=1, default=str) + "\n")
+    writer.write_record(dataset / RECORD, record)
     _replace(out, dataset)
 
 
