@@ -1,7 +1,7 @@
 """Default: DSNN-ResNet-18 on the bundled synthetic digital rocks, sized for 2 CPU cores.
 
-The recipe: standardised regression targets, all 8 orientations, a warm-up and cosine decay from 1e-3
-(what each part does: docs/quality.md). ``configs/original_recipe.py`` is the same run with the original
+The recipe: standardised regression targets, a supervised contrastive term on the retrieval embeddings,
+all 8 orientations, a warm-up and cosine decay from 1e-3 (what each part does: docs/quality.md). ``configs/original_recipe.py`` is the same run with the original
 RockIR's objective.
 
 python -m rockir_jax.train --config configs/default.py --workdir runs/default
@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
     # DSNN loss: fused·BCE(p) + image·BCE(p_img) + metadata·BCE(p_rock) + regression·SmoothL1
     # + embedding·SupCon (the original: 1, 1, 1, 10 on raw targets, no embedding term)
     config.loss_weights = ml_collections.ConfigDict(
-        dict(fused=1.0, image=1.0, metadata=1.0, regression=1.0, embedding=0.0)
+        dict(fused=1.0, image=1.0, metadata=1.0, regression=1.0, embedding=1.0)
     )
     # the embedding term: supervised contrastive on the retrieval embeddings, reservoirs as labels
     config.embedding_temperature = 0.1

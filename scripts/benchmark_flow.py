@@ -45,7 +45,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions, interleaved")
     parser.add_argument("--converge-sizes", type=int, nargs="*", default=[128, 256], help="crop edges")
     parser.add_argument("--time-limit", type=float, default=300.0, help="seconds per convergence run")
-    parser.add_argument("--samples", type=int, default=6, help="bundled volumes in the scatter plot")
+    parser.add_argument(
+        "--samples", type=int, default=6, help="bundled volumes in the scatter plot (0: none)"
+    )
     parser.add_argument("--size", type=int, default=32, help="edge of the scatter plot's crops")
     parser.add_argument("--cpu-devices", type=int, help="JAX CPU devices (default: one per core)")
     parser.add_argument("--json", help="also write every number to this JSON file")
@@ -297,9 +299,10 @@ def main(argv: list[str]) -> None:
     print(json.dumps(report["speed"]), flush=True)
     save()
 
-    report["network"] = network_rows(config, records, args)
-    scatter(report["network"], args.out, args.size)
-    save()
+    if args.samples > 0:
+        report["network"] = network_rows(config, records, args)
+        scatter(report["network"], args.out, args.size)
+        save()
 
     # the largest volumes last: a 256³ solve (mirrored, 33.5 M voxels) holds ~8 GB
     report["converge"] = []

@@ -236,6 +236,7 @@ def _place(array: np.ndarray, mesh: Mesh, spec: P) -> jax.Array:
 
 
 def _gather(array: jax.Array) -> np.ndarray:
+    """A global array as one host array on every process."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -246,8 +247,10 @@ def _gather(array: jax.Array) -> np.ndarray:
 class Lattice:
     """A periodic volume laid out for the solver on ``devices``: the slab axis first, split over a mesh.
 
-    :meth:`rest` gives the fluid at rest, :meth:`run` advances a state; for benchmarks and tools that
-    drive the steps themselves (float64 needs ``jax.enable_x64``)."""
+    ``pore`` is solved as it is (no mirroring or trimming) with body force ``force`` along ``axis``,
+    relaxation time ``tau`` and ``dtype`` "float32" or "float64" (float64 needs ``jax.enable_x64``).
+    :meth:`rest` gives the fluid at rest, :meth:`run` advances a state: for benchmarks and tools that
+    drive the steps themselves."""
 
     def __init__(
         self,
