@@ -1,8 +1,8 @@
 """Default: DSNN-ResNet-18 on the bundled synthetic digital rocks, sized for 2 CPU cores.
 
 The recipe: standardised regression targets, a supervised contrastive term on the retrieval embeddings,
-all 8 orientations, a warm-up and cosine decay from 1e-3 (what each part does: docs/quality.md). ``configs/original_recipe.py`` is the same run with the original
-RockIR's objective.
+all 8 orientations, a warm-up and cosine decay from 1e-3 (what each part does: docs/quality.md).
+``configs/original_recipe.py`` is the same run with the original RockIR's objective.
 
 python -m rockir_jax.train --config configs/default.py --workdir runs/default
 """
