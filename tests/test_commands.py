@@ -104,3 +104,61 @@ def test_run_turns_input_errors_into_exit_two(capsys):
     with pytest.raises(SystemExit) as exited:
         common.run(body, uses_jax=False)
     assert exited.value.code == 2 and capsys.readouterr().err == "error: x.csv: no such file\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "args"),
+    [
+        ("rockir-export", ["--workdir", MISSING, "--out", "{tmp}/m"]),
+        ("rockir-prepare", ["--volumes", MISSING, "--out", "{tmp}/d"]),
+        ("rockir-synthesize", ["--out", "{tmp}/s"]),
+        ("rockir-serve", ["--index", MISSING]),
+    ],
+)
+def test_verbose_reaches_the_logging_set_up(command, args, monkeypatch, tmp_path):
+    seen = []
+
+    def configure_logging(log_dir, verbose=False):
+        seen.append(verbose)
+        raise KeyboardInterrupt  # stop before any work; run() turns it into exit 130
+
+    monkeypatch.setattr(common.runtime, "configure_logging", configure_logging)
+    with pytest.raises((SystemExit, KeyboardInterrupt)):
+        _main(command)([*(a.format(tmp=tmp_path) for a in args), "--verbose"])
+    assert seen == [True]
+
+
+def test_package_warnings_are_one_console_line_without_a_source_path(tmp_path, capsys):
+    import warnings
+
+    from rockir_jax import runtime
+    from rockir_jax.data import metadata
+
+    runtime.configure_logging(tmp_path, verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = runtime._show_warning
+        warnings.warn_explicit("2 sample(s) have slices in several splits", UserWarning, metadata.__file__, 1)
+        warnings.warn_explicit("an other library's deprecation", DeprecationWarning, "/elsewhere/lib.py", 7)
+    err = capsys.readouterr().err
+    assert err == "warning: 2 sample(s) have slices in several splits\n"
+    assert "/elsewhere/lib.py:7: DeprecationWarning: an other library's deprecation" in (
+        (tmp_path / "log.txt").read_text()
+    )
+
+
+def test_target_scale_is_logged_as_short_numbers(caplog):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from configs import default
+    from rockir_jax.training import trainer
+
+    targets = np.array([[0.1, -2.0], [0.156, -1.85148], [0.12, -2.1]], np.float32)
+    with caplog.at_level("INFO", logger="rockir_jax"):
+        trainer._loss_fn(default.get_config(), SimpleNamespace(targets=targets))
+    (line,) = [r.getMessage() for r in caplog.records if "std" in r.getMessage()]
+    assert re.fullmatch(
+        r"regression errors scaled by the training targets' std: [\d.]{1,8}, [\d.]{1,8}", line
+    )

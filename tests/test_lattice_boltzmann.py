@@ -1,41 +1,21 @@
 """The lattice Boltzmann permeability solver: against a float64 numpy step, closed-form flows, sharding."""
 
-import itertools
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from benchmark_flow import REF_C, REF_W, reference_step
 from scipy import ndimage as ndi
 
 from rockir_jax.physics import lattice_boltzmann as lbm
 from rockir_jax.physics import permeability_lbm, permeability_voxel2_lbm
 
-# --- an independent float64 reference step ----------------------------------------------------------
-
-# D3Q19 built here from its definition, in another order than the module's: |c|² ≤ 2
-REF_C = np.array([c for c in itertools.product((-1, 0, 1), repeat=3) if sum(map(abs, c)) <= 2])
-REF_W = np.array([{0: 1 / 3, 1: 1 / 18, 2: 1 / 36}[int(np.abs(c).sum())] for c in REF_C])
-REF_OPP = np.array([int(np.flatnonzero((REF_C == -c).all(axis=1))[0]) for c in REF_C])
-
-
-def reference_step(f: np.ndarray, pore: np.ndarray, force: np.ndarray, tau: float) -> np.ndarray:
-    """One D3Q19 TRT step (Λ = 3/16, Stokes equilibrium, Guo forcing, halfway bounce-back, periodic)."""
-    omega_p = 1 / tau
-    omega_m = 1 / (0.5 + (3 / 16) / (tau - 0.5))
-    body = force[:, None, None, None] * pore
-    rho = f.sum(axis=0)
-    j = np.einsum("id,i...->d...", REF_C, f) + 0.5 * body
-    feq = REF_W[:, None, None, None] * (rho + 3 * np.einsum("id,d...->i...", REF_C, j))
-    source = (1 - omega_m / 2) * 3 * REF_W[:, None, None, None] * np.einsum("id,d...->i...", REF_C, body)
-    f_even, f_odd = (f + f[REF_OPP]) / 2, (f - f[REF_OPP]) / 2
-    eq_even, eq_odd = (feq + feq[REF_OPP]) / 2, (feq - feq[REF_OPP]) / 2
-    post = f - omega_p * (f_even - eq_even) - omega_m * (f_odd - eq_odd) + source
-    new = np.empty_like(f)
-    for i, c in enumerate(REF_C):
-        shift = tuple(int(v) for v in c)
-        from_solid = np.roll(~pore, shift, axis=(0, 1, 2))
-        new[i] = np.where(from_solid, post[REF_OPP[i]], np.roll(post[i], shift, axis=(0, 1, 2)))
-    return new
+# The independent float64 reference step lives beside the benchmark that also times it.
 
 
 def to_reference_order(f: np.ndarray) -> np.ndarray:
@@ -200,6 +180,50 @@ def test_sharded_solve_equals_one_device():
     assert eight.k_voxel2 == pytest.approx(one.k_voxel2, rel=1e-6)
     assert eight.velocity.shape == (12, 8, 10)
     np.testing.assert_allclose(eight.velocity, one.velocity, rtol=0, atol=1e-6 * np.abs(one.velocity).max())
+
+
+CHILD = """
+import sys
+import jax
+import numpy as np
+jax.config.update("jax_num_cpu_devices", 2)
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(sys.argv[3], num_processes=2, process_id=int(sys.argv[4]))
+from rockir_jax.physics import permeability_lbm
+result = permeability_lbm(np.load(sys.argv[1]), 0, tolerance=0.0, max_steps=200, check_every=100,
+                          return_velocity=True)
+if jax.process_index() == 0:
+    np.savez(sys.argv[2], k=result.k_voxel2, velocity=result.velocity, devices=result.devices)
+"""
+
+
+def test_two_processes_solve_like_one_device(tmp_path):
+    pore = random_pores((6, 8, 10), seed=3)
+    np.save(tmp_path / "pore.npy", pore)
+    repo = Path(__file__).parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    env |= {"JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join([str(repo), env.get("PYTHONPATH", "")])}
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        coordinator = f"127.0.0.1:{free.getsockname()[1]}"
+    files = [str(tmp_path / "pore.npy"), str(tmp_path / "out.npz"), coordinator]
+    children = [
+        subprocess.Popen([sys.executable, "-c", CHILD, *files, str(rank)], env=env) for rank in (0, 1)
+    ]
+    assert [child.wait(timeout=600) for child in children] == [0, 0]
+    out = np.load(tmp_path / "out.npz")
+    one = permeability_lbm(
+        pore,
+        0,
+        tolerance=0.0,
+        max_steps=200,
+        check_every=100,
+        return_velocity=True,
+        devices=jax.devices()[:1],
+    )
+    assert int(out["devices"]) == 4  # 2 processes × 2 devices, slabs along axis 0 of (12, 8, 10)
+    assert float(out["k"]) == pytest.approx(one.k_voxel2, rel=1e-6)
+    np.testing.assert_allclose(out["velocity"], one.velocity, rtol=0, atol=1e-6 * np.abs(one.velocity).max())
 
 
 def test_voxel2_helper_matches_and_mirroring_keeps_a_periodic_volume():

@@ -1,9 +1,9 @@
 """Physics of 3-D pore volumes: porosity, specific surface, spanning pores, permeability, segmentation.
 
 A pore volume is a boolean array, True on pore voxels. Permeability comes from a snow2 pore network
-(porespy) and an OpenPNM Stokes flow on the inlet-outlet spanning cluster; porespy and openpnm (the
-``synth`` extra) are imported only by :func:`permeability_voxel2`, so everything else needs numpy
-and scipy alone.
+and an OpenPNM Stokes flow (:func:`permeability_voxel2`; porespy and openpnm, the ``synth`` extra, are
+imported only there) or from a lattice Boltzmann Stokes solve on the voxels in JAX
+(:func:`permeability_lbm`).
 """
 
 from rockir_jax.physics.flow import (

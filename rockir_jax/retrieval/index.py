@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import tempfile
 import zipfile
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from rockir_jax.jsonio import read_versioned
+from rockir_jax.jsonio import json_text, read_versioned
 
 FORMAT = "rockir_jax.retrieval_index"
 VERSION = 1
@@ -134,7 +133,7 @@ def save_index(path: str | os.PathLike, index: RetrievalIndex) -> Path:
         "model": index.model,
         "arrays_sha256": _sha256(arrays_path),
     }
-    text = json.dumps(meta, indent=2, sort_keys=True)
+    text = json_text(meta)
     _atomic_write(directory / META_FILE, lambda f: f.write(text.encode()))
     return directory
 
