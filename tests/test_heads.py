@@ -108,6 +108,8 @@ def test_dsnn_outputs_and_embedding_follow_the_formulas():
         "p_rock": (3,),
         "reg0": (3, 2),
         "reg1": (3, 2),
+        "embedding0": (3, 512),
+        "embedding1": (3, 512),
     }
     backbone = lambda name, x: model.apply(
         variables, x, method=lambda m, x: getattr(m, name)(x, output="feature_map")
@@ -127,6 +129,9 @@ def test_dsnn_outputs_and_embedding_follow_the_formulas():
         + f_rock / np.linalg.norm(f_rock, axis=1, keepdims=True)
     ) / 2
     np.testing.assert_allclose(embedded["embedding"], expected, rtol=1e-5, atol=1e-6)
+    # The pair outputs' embeddings, for the contrastive term: the same, as unit vectors.
+    unit = expected / np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(outputs["embedding0"], unit, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
         embedded["reg"],
         reference_regression(variables["params"]["regression"], h3),
