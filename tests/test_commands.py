@@ -62,17 +62,18 @@ def _one_error_line(capsys, command: str, args: list[str], pattern: str, code: i
 
 
 MISSING = "/nonexistent/rockir"
+DEFAULT = "{root}/configs/default.py"  # absolute, so the tests pass from any working directory
 
 
 @pytest.mark.parametrize(
     ("command", "args", "pattern"),
     [
         ("rockir-train", ["--config", "configs/nope.py", "--workdir", "{tmp}/run"], "no such config file"),
-        ("rockir-train", ["--config", "configs/default.py", "--workdir", "{tmp}/run", "--config.nope=1"],
+        ("rockir-train", ["--config", DEFAULT, "--workdir", "{tmp}/run", "--config.nope=1"],
          "nope: no such config key"),
-        ("rockir-train", ["--config", "configs/default.py", "--workdir", "{tmp}/run",
+        ("rockir-train", ["--config", DEFAULT, "--workdir", "{tmp}/run",
                           "--config.num_train_steps=-5"], "num_train_steps=-5 must be at least 1"),
-        ("rockir-train", ["--config", "configs/default.py", "--workdir", "{tmp}/run",
+        ("rockir-train", ["--config", DEFAULT, "--workdir", "{tmp}/run",
                           "--config.image_size=big"], "image_size=big: not an int"),
         ("rockir-evaluate", ["--workdir", MISSING, "--db", MISSING, "--out", "{tmp}/e"], "no such"),
         ("rockir-export", ["--workdir", MISSING, "--out", "{tmp}/m"], "no such"),
@@ -86,7 +87,8 @@ MISSING = "/nonexistent/rockir"
         ("rockir-search", ["--model", "vanilla", "--db", MISSING, "--query", MISSING,
                            "--pixel-size", "1e308"], "pixel size must be"),
         ("rockir-inspect", ["--config", "configs/nope.py", "--out", "{tmp}/p.png"], "no such config file"),
-        ("rockir-compare", ["--out", "{tmp}/c", "--set", "learnig_rate=1", "--models", "Vanilla-R34"],
+        ("rockir-compare", ["--out", "{tmp}/c", "--config", DEFAULT, "--set", "learnig_rate=1",
+                            "--models", "Vanilla-R34"],
          "learnig_rate: no such config key"),
         ("rockir-prepare", ["--volumes", MISSING, "--out", "{tmp}/d", "--voxel-size", "2"], "no such"),
         ("rockir-port", ["--pth", MISSING, "--out", "{tmp}/w"], "no such"),
@@ -94,7 +96,7 @@ MISSING = "/nonexistent/rockir"
     ],
 )  # fmt: skip
 def test_user_errors_are_one_line(command, args, pattern, capsys, tmp_path):
-    _one_error_line(capsys, command, [a.format(tmp=tmp_path) for a in args], pattern)
+    _one_error_line(capsys, command, [a.format(tmp=tmp_path, root=ROOT) for a in args], pattern)
 
 
 def test_run_turns_input_errors_into_exit_two(capsys):
