@@ -33,6 +33,7 @@ def rows():
     return benchmark.run(config)
 
 
+@pytest.mark.slow
 def test_rows_cover_every_benchmark(rows):
     assert [(r.benchmark, r.setting.split(",")[0]) for r in rows] == [
         ("train step", "32²"),
@@ -61,6 +62,7 @@ def test_rows_cover_every_benchmark(rows):
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")
+@pytest.mark.slow
 def test_train_step_has_pytorch_reference(rows):
     for train in rows[:2]:
         assert train.reference_value > 0
@@ -104,12 +106,14 @@ def test_pytorch_reference_trains_in_bfloat16_autocast():
 
 
 @pytest.mark.skipif(not HAS_FAISS, reason="faiss not installed")
+@pytest.mark.slow
 def test_search_top_k_sets_match_faiss(rows):
     for row in rows[8:]:
         assert row.reference.startswith("FAISS best")
         assert row.agreement == 1.0
 
 
+@pytest.mark.slow
 def test_table_and_report(rows, tmp_path):
     table = benchmark.format_table(rows)
     lines = table.splitlines()

@@ -68,8 +68,8 @@ def _train_losses(workdir: Path) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def travelled(tmp_path_factory):
-    """An 8-device run, its 8-device evaluation and continuation, and the outputs of the 1- and 3-device
-    children (the 1-device one exports the run)."""
+    """An 8-device run, its 8-device evaluation and continuation; the children's outputs are added to
+    the returned dict by :func:`_child_log`."""
     tmp = tmp_path_factory.mktemp("travel")
     root = tmp / "rocks"
     make_rocks(root, db_test=1)
@@ -82,16 +82,27 @@ def travelled(tmp_path_factory):
     shutil.copytree(run, tmp / "devices8" / "resumed")
     config.num_train_steps = 3
     train_and_evaluate(config, tmp / "devices8" / "resumed")
-
-    logs = {}
-    for n in (1, 3):  # one at a time: each compiles its own programs
-        logs[n] = _child(n, run, root, tmp / f"devices{n}", tmp / "exported")
-    return tmp, logs
+    return tmp, {}
 
 
-@pytest.mark.parametrize("devices", [1, 3])
+def _child_log(travelled, devices: int) -> str:
+    """The output of the ``devices``-device child (evaluate, resume, and for 1 device export and
+    search), run once per module: the 3-device one only for the slow tests."""
+    tmp, logs = travelled
+    if devices not in logs:
+        logs[devices] = _child(
+            devices, tmp / "run8", tmp / "rocks", tmp / f"devices{devices}", tmp / "exported"
+        )
+    return logs[devices]
+
+
+OTHER_DEVICE_COUNTS = [1, pytest.param(3, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("devices", OTHER_DEVICE_COUNTS)
 def test_evaluation_on_other_device_counts_equals_8_devices(travelled, devices):
     tmp, _ = travelled
+    _child_log(travelled, devices)
     reference = json.loads((tmp / "devices8" / "eval" / "metrics.json").read_text())
     report = json.loads((tmp / f"devices{devices}" / "eval" / "metrics.json").read_text())
     assert report["model"] == reference["model"] and report["model"]["step"] == 2
@@ -107,9 +118,10 @@ def test_evaluation_on_other_device_counts_equals_8_devices(travelled, devices):
     )
 
 
-@pytest.mark.parametrize("devices", [1, 3])
+@pytest.mark.parametrize("devices", OTHER_DEVICE_COUNTS)
 def test_resume_on_other_device_counts_continues_the_run(travelled, devices):
     tmp, logs = travelled
+    _child_log(travelled, devices)
     result = json.loads(logs[devices].split("RESULT ", 1)[1].splitlines()[0])
     assert result == {"devices": devices, "step": 3}
     # 3 devices do not split the batch of 8: the resumed run trains on 2 (branch parallel).
@@ -130,6 +142,7 @@ def test_resume_on_other_device_counts_continues_the_run(travelled, devices):
 
 def test_exported_model_evaluates_and_searches_in_a_fresh_process(travelled):
     tmp, logs = travelled
+    _child_log(travelled, 1)
     variables, config, manifest = read_model_dir(tmp / "exported")
     assert manifest["step"] == 2 and manifest["image_size"] == config.image_size == 32
     assert {"params", "batch_stats"} == variables.keys()
@@ -150,6 +163,7 @@ def test_exported_model_evaluates_and_searches_in_a_fresh_process(travelled):
 
 def test_export_refuses_a_non_empty_directory_and_a_bad_manifest(travelled, tmp_path):
     tmp, logs = travelled
+    _child_log(travelled, 1)
     assert f"wrote {tmp / 'exported'}: use it with --model-dir" in logs[1]
     with pytest.raises(FileExistsError, match="already exists and is not empty"):
         export_model(tmp / "run8", tmp / "exported")

@@ -11,6 +11,7 @@ from rockir_jax.cli import compare
 from rockir_jax.experiments import comparison
 
 
+@pytest.mark.slow
 def test_comparison_table_has_every_model(tmp_path_factory, tmp_path, capsys):
     root, _, run = shared_run(tmp_path_factory)
     config = tmp_path / "config.json"

@@ -138,6 +138,7 @@ def reference(toy, environment, tmp_path_factory):
     return workdir, process, log
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_resume_and_stop_when_a_peer_dies(toy, environment, reference, tmp_path):
     workdir, cache = tmp_path / "run", tmp_path / "cache"
     logs = [tmp_path / f"log{rank}.txt" for rank in range(2)]

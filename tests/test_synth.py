@@ -17,6 +17,7 @@ from PIL import Image
 from rockir_jax.data.layout import SPLITS, scan_split, slice_filename
 from rockir_jax.physics import MILLIDARCY_M2, porosity, spanning_pores
 from rockir_jax.synth import dataset, render, volumes
+from rockir_jax.synth.reservoirs import RESERVOIRS
 
 DATASET = Path(__file__).resolve().parents[1] / "datasets" / "synthetic_rocks"
 NAME = re.compile(r"^[A-Z0-9]{3}[A-Z0-9]{3}_slice\d+\.png$")
@@ -225,3 +226,39 @@ def test_write_dataset_writes_the_layout_training_scans(tmp_path: Path) -> None:
     assert (out / "overview.png").is_file() and (out / "README.md").is_file()
     with pytest.raises(ValueError, match="exists; pass --overwrite"):
         dataset.write_dataset(out, config, "again", workers=1, progress=False)
+
+
+def test_pixel_size_range_crops_slices_and_noise_sigma_sets_the_noise(tmp_path: Path) -> None:
+    pytest.importorskip("porespy")
+    pytest.importorskip("openpnm")
+    config = dataset.DatasetConfig(
+        seed=5, reservoirs=4, samples_per_reservoir=4, slices=1, image_size=24, volume_size=48,
+        voxels_per_pixel=(1.0, 2.0),
+    )  # fmt: skip
+    # Overlapping grains (reservoir 3): grains are labelled per slice, so a cropped volume renders alike.
+    results = [dataset.generate_sample(config, 3, sample) for sample in range(4)]
+    crops = [r.record["crop_voxels"] for r in results]
+    assert all(24 <= crop <= 48 for crop in crops) and len(set(crops)) > 1
+    for result, crop in zip(results, crops, strict=True):
+        assert result.row["Pixelsize"] == pytest.approx(result.record["voxel_size_um"] * crop / 24)
+        assert result.images[0].shape == (24, 24)
+    # The crop is the slice's centre: rendering that window by hand gives the same image.
+    first = results[0]
+    rock = dataset.regenerate_volume(config, first.record)
+    _, _, render_seq = dataset.sample_seed_sequence(config.seed, 3, 0, first.record["attempt"]).spawn(3)
+    start = (48 - crops[0]) // 2
+    assert rock.grains is None
+    window = volumes.Rock(rock.pore[:, start : start + crops[0], start : start + crops[0]], None)
+    minerals = RESERVOIRS[3].minerals
+    by_hand = render.render_slices(window, first.record["slice_positions"], minerals, render_seq, 24)
+    np.testing.assert_array_equal(by_hand[0], first.images[0])
+    # Noise: two renderings from one seed differ only by the Gaussian noise's scale.
+    pore = np.zeros((64, 64), dtype=bool)
+    pore[20:40, 20:40] = True
+    labels = render.grain_labels(~pore)
+    greys = render.mineral_greys(int(labels.max()), {"quartz": 1.0}, np.random.default_rng(0))
+    quiet = render.render_slice(pore, labels, greys, np.random.default_rng(1), noise_sigma=0.0)
+    noisy = render.render_slice(pore, labels, greys, np.random.default_rng(1), noise_sigma=20.0)
+    assert np.std(noisy.astype(float) - quiet) == pytest.approx(20.0, rel=0.1)
+    with pytest.raises(ValueError, match="at most volume_size / image_size = 2"):
+        dataset.DatasetConfig(image_size=24, volume_size=48, voxels_per_pixel=(1.0, 3.0))

@@ -231,6 +231,7 @@ def test_branch_parallel_run_checkpoints_the_model_layout_and_resumes_bit_identi
     assert not np.array_equal(kernel(state["ema_params"]), kernel(state["params"]))
 
 
+@pytest.mark.slow
 def test_eight_devices_train_like_one(toy_without_val, cache, tmp_path):
     assert jax.device_count() == 8
     losses = {}

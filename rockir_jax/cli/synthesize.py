@@ -27,6 +27,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--volume-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=20231)
+    parser.add_argument(
+        "--noise-sigma", type=float, default=5.0, help="scanner noise, in grey levels (default: 5)"
+    )
+    parser.add_argument(
+        "--voxels-per-pixel",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="draw each sample's pixel size from this range, in voxels, by cropping its slices "
+        "(default: the whole slice, volume size / image size)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -40,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             slices=args.slices,
             image_size=args.image_size,
             volume_size=args.volume_size,
+            noise_sigma=args.noise_sigma,
+            voxels_per_pixel=None if args.voxels_per_pixel is None else tuple(args.voxels_per_pixel),
         )
         command = shlex.join(["rockir-synthesize", *args_list])
         report = dataset.write_dataset(args.out, config, command, args.workers, overwrite=args.overwrite)

@@ -76,6 +76,32 @@ class DatasetConfig:
     image_size: int = 128
     volume_size: int = 128
     max_attempts: int = 20
+    # Grey-level sigma of the scanner noise added to every rendered slice.
+    noise_sigma: float = 5.0
+    # Voxels per image pixel, drawn per sample from this range: a slice shows a central crop of
+    # ``image_size * voxels_per_pixel`` voxels, so one rock family comes at several pixel sizes.
+    # None: the whole slice, ``volume_size / image_size`` voxels per pixel.
+    voxels_per_pixel: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.voxels_per_pixel is not None:
+            low, high = (float(v) for v in self.voxels_per_pixel)
+            if not 0 < low <= high or self.image_size * high > self.volume_size:
+                raise ValueError(
+                    f"voxels_per_pixel {low:g}..{high:g} must be positive, increasing and at most "
+                    f"volume_size / image_size = {self.volume_size / self.image_size:g}"
+                )
+            object.__setattr__(self, "voxels_per_pixel", (low, high))
+        if not self.noise_sigma >= 0:
+            raise ValueError(f"noise_sigma must be at least 0, not {self.noise_sigma}")
+
+    def crop_size(self, reservoir_index: int, sample_index: int, attempt: int) -> int:
+        """Side in voxels of the slice crop a sample is rendered from (its pixel size's cause)."""
+        if self.voxels_per_pixel is None:
+            return self.volume_size
+        seq = np.random.SeedSequence(self.seed, spawn_key=(reservoir_index, sample_index, attempt, 1))
+        voxels_per_pixel = np.random.default_rng(seq).uniform(*self.voxels_per_pixel)
+        return min(self.volume_size, round(self.image_size * voxels_per_pixel))
 
 
 @dataclass(frozen=True)
@@ -190,11 +216,14 @@ def _sample_result(
     reservoir = RESERVOIRS[reservoir_index]
     shape = (config.volume_size,) * 3
     positions = even_positions(shape[FLOW_AXIS], config.slices)
-    images = render_slices(rock, positions, reservoir.minerals, render_seq, config.image_size)
+    crop = config.crop_size(reservoir_index, sample_index, attempt)
+    images = render_slices(
+        rock, positions, reservoir.minerals, render_seq, config.image_size, crop, config.noise_sigma
+    )
     pore = rock.pore
     name = sample_name(reservoir.code, sample_index)
     split = split_of(sample_index, config.samples_per_reservoir)
-    pixel_size_um = reservoir.voxel_size_um * config.volume_size / config.image_size
+    pixel_size_um = reservoir.voxel_size_um * crop / config.image_size
     row = {
         "Image": name,
         "Label": reservoir.code,
@@ -230,6 +259,8 @@ def _sample_result(
         "slice_positions": positions,
         "voxel_size_um": reservoir.voxel_size_um,
     }
+    if config.voxels_per_pixel is not None:
+        record["crop_voxels"] = crop
     return SampleResult(name=name, split=split, images=images, row=row, record=record)
 
 

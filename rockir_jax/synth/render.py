@@ -53,12 +53,13 @@ def render_slice(
     greys: np.ndarray,
     rng: np.random.Generator,
     image_size: int | None = None,
+    noise_sigma: float = 5.0,
 ) -> np.ndarray:
     """A micro-CT-like 8-bit image of a 2-D pore mask with grain ``labels`` and their ``greys``.
 
     Resin-filled pores dark, grains in mineral greys with light texture, low-frequency shading,
-    PSF blur (sigma 0.7 px) and Gaussian noise (sigma 5); resampled to ``image_size`` before the
-    shading and noise.
+    PSF blur (sigma 0.7 px) and Gaussian noise (``noise_sigma`` grey levels); resampled to
+    ``image_size`` before the shading and noise.
     """
     pore = np.asarray(pore, dtype=bool)
     grey = np.where(pore, RESIN_GREY, greys[labels])
@@ -70,8 +71,16 @@ def render_slice(
         )
         grey = np.asarray(resized, dtype=np.float64)
     grey = grey + 6.0 * smooth_noise(grey.shape, grey.shape[0] / 6, rng)
-    grey = grey + rng.normal(0, 5.0, grey.shape)
+    grey = grey + rng.normal(0, noise_sigma, grey.shape)
     return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+
+
+def _central(plane: np.ndarray, crop: int | None) -> tuple[slice, slice]:
+    """The index of a plane's central ``crop`` × ``crop`` square (the whole plane for None)."""
+    if crop is None:
+        return (slice(None), slice(None))
+    starts = [(side - crop) // 2 for side in plane.shape]
+    return tuple(slice(start, start + crop) for start in starts)
 
 
 def render_slices(
@@ -80,19 +89,24 @@ def render_slices(
     minerals: Mapping[str, float],
     seed: np.random.SeedSequence,
     image_size: int | None = None,
+    crop: int | None = None,
+    noise_sigma: float = 5.0,
 ) -> tuple[np.ndarray, ...]:
-    """Slices normal to the flow axis; 3-D grain labels keep a grain's mineral across slices."""
+    """Slices normal to the flow axis, each its central ``crop`` × ``crop`` voxels (default: whole);
+    3-D grain labels keep a grain's mineral across slices."""
     table_seed, *slice_seeds = seed.spawn(len(positions) + 1)
     table_rng = np.random.default_rng(table_seed)
     table = None if rock.grains is None else mineral_greys(int(rock.grains.max()), minerals, table_rng)
     images = []
     for z, slice_seed in zip(positions, slice_seeds, strict=True):
         rng = np.random.default_rng(slice_seed)
-        pore = np.take(rock.pore, z, axis=FLOW_AXIS)
+        plane = np.take(rock.pore, z, axis=FLOW_AXIS)
+        window = _central(plane, crop)
+        pore = plane[window]
         if rock.grains is None:
             labels = grain_labels(~pore)
             greys = mineral_greys(int(labels.max()), minerals, rng)
         else:
-            labels, greys = np.take(rock.grains, z, axis=FLOW_AXIS), table
-        images.append(render_slice(pore, labels, greys, rng, image_size))
+            labels, greys = np.take(rock.grains, z, axis=FLOW_AXIS)[window], table
+        images.append(render_slice(pore, labels, greys, rng, image_size, noise_sigma))
     return tuple(images)
