@@ -365,7 +365,8 @@ COLUMN_DOCS = {
     "NI": "sample number within its reservoir (1-based)",
     "Size": "slice image side in pixels",
     "Depth": "volume extent along the flow axis (slices are cut normal to it), voxels",
-    "Pixelsize": "image pixel size in µm (voxel size * volume size / image size)",
+    "Pixelsize": "image pixel size in µm (voxel size * slice crop / image size; the crop is the volume "
+    "size unless the set was made with --voxels-per-pixel)",
     "Created_label": "sample name = folder name, `<reservoir 3 chars><sample 3 chars>`",
     "Porosity": "pore voxel fraction of the whole volume",
     "Permeability": "absolute permeability along the flow axis in mD (1 mD = 9.869233e-16 m²)",
@@ -409,6 +410,16 @@ def write_readme(
         "(non-percolating draws are redrawn). Slices are cut normal to the flow axis at evenly "
         "spaced positions and rendered as micro-CT-like 8-bit images (resin-filled pores dark, "
         "grain-wise mineral greys, texture, shading, PSF blur, noise).",
+        "",
+        f"Noise sigma {config.noise_sigma:g} grey levels; "
+        + (
+            "each slice is the whole volume section."
+            if config.voxels_per_pixel is None
+            else "each sample's slices show a central crop of {:g} to {:g} voxels per pixel, drawn per "
+            "sample (`generation.json`'s `crop_voxels`), so its pixel size varies.".format(
+                *config.voxels_per_pixel
+            )
+        ),
         "",
         "Targets as in the original: `log10(Permeability / Pixelsize**2) / 5` with Permeability in "
         "mD and Pixelsize in µm, i.e. `Permeability / Pixelsize**2` is in mD/µm² "
