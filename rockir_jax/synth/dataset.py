@@ -311,6 +311,10 @@ def generate_samples(config: DatasetConfig, workers: int = 2) -> Iterator[Sample
     context = multiprocessing.get_context("spawn")
     with _environment(SINGLE_THREAD_ENV), context.Pool(workers) as pool:
         yield from pool.imap_unordered(_generate_job, jobs)
+        # Let the workers exit on their own: the pool's exit terminates them, and a worker killed
+        # while holding a semaphore leaves the resource tracker warning about it.
+        pool.close()
+        pool.join()
 
 
 def _metadata(results: Sequence[SampleResult]) -> pd.DataFrame:
