@@ -81,4 +81,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_pair_batches = 4  # fixed validation pairs for the validation loss
     config.eval_batch_size = 64  # images per embedding batch
     config.retrieval_k = 10  # cut-off of the validation's retrieval metrics; reservoir mAP@k picks the best
+    # Evaluation, search and the page average each image's embedding and prediction over its 8
+    # orientations (8) or take it as it is (1); validation during training takes it as it is.
+    config.test_time_orientations = 8
     return config

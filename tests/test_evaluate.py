@@ -17,10 +17,12 @@ from PIL import Image
 from rockir_jax.configuration import load_config
 from rockir_jax.data.database import list_images
 from rockir_jax.data.metadata import DataValidationError
+from rockir_jax.images import read_image
 from rockir_jax.jsonio import json_text
 from rockir_jax.models import build_model, resnet_params
 from rockir_jax.retrieval import load_index
 from rockir_jax.retrieval.loading import load_model
+from rockir_jax.training.checkpoint import restore_variables
 from rockir_jax.training.trainer import train_and_evaluate
 from scripts import evaluate_retrieval
 
@@ -132,6 +134,18 @@ def brute_force(embeddings: np.ndarray, labels: np.ndarray, k: int) -> dict[str,
         ap.append(precision[relevant].sum() / n_relevant)
         ap_k.append(precision[:k][relevant[:k]].sum() / min(n_relevant, k))
     return {"map": float(np.mean(ap)), f"map@{k}": float(np.mean(ap_k))}
+
+
+def reference_outputs(run: Path, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(embedding, regression) of one image straight from a run's checkpoint on one device, float64,
+    averaged over the image's 8 orientations made by numpy (the default's test-time orientations)."""
+    model = build_model("dsnn", "resnet18")
+    variables, _ = restore_variables(run / "checkpoints")
+    image = (read_image(path, SIZE).astype(np.float32) / 255.0 - 0.5) / 0.5
+    turns = [np.rot90(image, k) for k in range(4)]
+    views = np.ascontiguousarray(turns + [np.fliplr(turn) for turn in turns])
+    out = jax.jit(lambda v, x: model.apply(v, x, method=model.embed))(jax.device_get(variables), views)
+    return tuple(np.asarray(out[key], np.float64).mean(axis=0) for key in ("embedding", "reg"))
 
 
 def evaluate_cli(*args: str) -> None:

@@ -1,19 +1,16 @@
 """The query command: hits against a numpy brute force over the saved index, and its predictions."""
 
 import shutil
+from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
-from test_evaluate import PIXEL_SIZE, SIZE, exits_with_error, shared_run, train_folder
+from test_evaluate import PIXEL_SIZE, exits_with_error, reference_outputs, shared_run, train_folder
 
 from rockir_jax.cli import search
-from rockir_jax.images import read_image
-from rockir_jax.models import build_model
 from rockir_jax.retrieval import evaluation, load_index, save_index
 from rockir_jax.retrieval import search as search_lib
 from rockir_jax.retrieval.loading import load_model
-from rockir_jax.training.checkpoint import restore_variables
 
 
 @pytest.fixture(scope="module")
@@ -30,15 +27,6 @@ def parse_hits(printed: str) -> list[tuple[int, float, str, str, str]]:
         line.split() for line in printed.splitlines() if line.split()[:1] != [] and line.split()[0].isdigit()
     ]
     return [(int(r), float(d), s, res, p) for r, d, s, res, p in rows]
-
-
-def reference_regression(run, image_path) -> np.ndarray:
-    """The DSNN's regression output on one image, straight from the checkpoint on one device."""
-    model = build_model("dsnn", "resnet18")
-    variables, _ = restore_variables(run / "checkpoints")
-    image = (read_image(image_path, SIZE).astype(np.float32) / 255.0 - 0.5) / 0.5
-    embed = jax.jit(lambda v, x: model.apply(v, x, method=model.embed))
-    return np.asarray(embed(jax.device_get(variables), image[None])["reg"][0], np.float64)
 
 
 def test_saved_index_hits_match_brute_force(setup, tmp_path, capsys, monkeypatch):
@@ -65,7 +53,7 @@ def test_saved_index_hits_match_brute_force(setup, tmp_path, capsys, monkeypatch
     assert [h[2] for h in hits] == [index.samples[r] for r in expected]
     np.testing.assert_allclose([h[1] for h in hits], distances[expected], rtol=1e-4, atol=1e-5)
 
-    reg = reference_regression(run, query)
+    _, reg = reference_outputs(run, Path(query))
     porosity = float(printed.split("predicted porosity: ")[1].split()[0])
     permeability = float(printed.split("predicted permeability: ")[1].split()[0])
     assert porosity == pytest.approx(reg[0], rel=1e-4, abs=1e-6)
@@ -83,7 +71,7 @@ def test_folder_database_and_unknown_pixel_size(setup, capsys):
     assert len(parse_hits(printed)) == 3
     search.main(["--workdir", str(run), "--db", str(root), "--query", str(query), "-k", "2",
                  "--pixel-size", "3"])  # fmt: skip
-    reg = reference_regression(run, query)
+    _, reg = reference_outputs(run, Path(query))
     printed = capsys.readouterr().out
     permeability = float(printed.split("predicted permeability: ")[1].split()[0])
     assert permeability == pytest.approx(10 ** (5 * reg[1]) * 9.0, rel=1e-4)

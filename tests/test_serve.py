@@ -17,25 +17,22 @@ import tracemalloc
 import zlib
 from pathlib import Path
 
-import jax
 import numpy as np
 import pandas as pd
 import pytest
 import uvicorn
 from PIL import Image
 from starlette.testclient import TestClient
-from test_evaluate import SIZE, exits_with_error, shared_run
+from test_evaluate import exits_with_error, reference_outputs, shared_run
 
 from rockir_jax import runtime
 from rockir_jax.cli import serve
 from rockir_jax.images import decode_image, read_image, resize_image
-from rockir_jax.models import build_model
 from rockir_jax.retrieval import evaluation, load_index, save_index
 from rockir_jax.retrieval.knn import _search_block
 from rockir_jax.retrieval.loading import load_model
 from rockir_jax.serve import app as serve_app_module
 from rockir_jax.serve import create_app
-from rockir_jax.training.checkpoint import restore_variables
 
 ROCKS = Path(__file__).parents[1] / "datasets" / "synthetic_rocks"
 QUERY = ROCKS / "db_test" / "BLBS07_slice0.png"
@@ -74,15 +71,6 @@ def served(tmp_path_factory):
         yield run, index_dir, app.state.searcher.index, app, client
 
 
-def reference(run: Path, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(embedding, regression) of one image straight from the checkpoint on one device, float64."""
-    model = build_model("dsnn", "resnet18")
-    variables, _ = restore_variables(run / "checkpoints")
-    image = (read_image(path, SIZE).astype(np.float32) / 255.0 - 0.5) / 0.5
-    out = jax.jit(lambda v, x: model.apply(v, x, method=model.embed))(jax.device_get(variables), image[None])
-    return np.asarray(out["embedding"][0], np.float64), np.asarray(out["reg"][0], np.float64)
-
-
 def brute_force(index, embedding: np.ndarray, k: int, exclude: int | None = None):
     distances = np.sum((index.embeddings.astype(np.float64) - embedding) ** 2, axis=1)
     if exclude is not None:
@@ -105,7 +93,7 @@ def post(client, data: bytes | None = None, name: str = "query.png", **fields):
 def test_upload_hits_and_prediction_match_brute_force(served):
     run, _, index, _, client = served
     answer = post(client, QUERY.read_bytes(), QUERY.name, k=6).json()
-    embedding, reg = reference(run, QUERY)
+    embedding, reg = reference_outputs(run, QUERY)
     rows, distances = brute_force(index, embedding, 6)
     hits = answer["hits"]
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5, 6]
@@ -135,7 +123,7 @@ def test_query_by_row_thumbnails_and_figure(served):
     run, _, index, _, client = served
     row = 30
     answer = post(client, image_id=row, k=4).json()
-    embedding, _ = reference(run, Path(index.paths[row]))
+    embedding, _ = reference_outputs(run, Path(index.paths[row]))
     rows, _ = brute_force(index, embedding, 4, exclude=row)
     assert [h["image_id"] for h in answer["hits"]] == rows.tolist()  # never itself
     assert answer["query"]["image_id"] == row and answer["query"]["sample"] == index.samples[row]
@@ -387,7 +375,7 @@ def test_large_uploads_shrink_early_and_search_like_the_exact_resize(served, tmp
         )
 
         (tmp_path / name).write_bytes(data)
-        embedding, _ = reference(run, tmp_path / name)
+        embedding, _ = reference_outputs(run, tmp_path / name)
         rows, distances = brute_force(index, embedding, 5)
         hits = post(client, data, name, k=5).json()["hits"]
         assert [h["image_id"] for h in hits] == rows.tolist(), name
@@ -486,7 +474,7 @@ def test_page_in_chromium(served, live_server, tmp_path):
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.fail("the browser test needs Chromium: apt-get install chromium")
-    _, reg = reference(run, QUERY)
+    _, reg = reference_outputs(run, QUERY)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, headless=True)
         page = browser.new_page(viewport={"width": 1200, "height": 900})

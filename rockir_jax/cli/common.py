@@ -78,6 +78,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--backbone", default="resnet34", help="backbone of --model vanilla")
     group.add_argument("--pretrained", type=path, help="ported ImageNet weights of --model vanilla")
     group.add_argument("--image-size", type=int, default=224, help="input size of --model vanilla")
+    group.add_argument(
+        "--orientations",
+        type=int,
+        metavar="{1,8}",
+        help="average each image's embedding and prediction over its 8 orientations, or take it as it "
+        "is (1); default: the run's config's test_time_orientations, 1 for --model vanilla",
+    )
 
 
 def model_from_arguments(args: argparse.Namespace) -> LoadedModel:
@@ -93,4 +100,5 @@ def model_from_arguments(args: argparse.Namespace) -> LoadedModel:
         vanilla=args.backbone if args.model == "vanilla" else None,
         pretrained=args.pretrained,
         image_size=args.image_size,
+        orientations=args.orientations,
     )

@@ -113,8 +113,8 @@ def compare_models(
 ) -> dict[str, Any]:
     """Trains (or reuses) the :data:`TRAINED` models among ``models`` with every seed (default: the
     config's), evaluates them and :data:`VANILLA` (when among ``models``) on the same database (default:
-    the config's data root and CSV, ``split`` of it) and writes the table of means and standard
-    deviations over the seeds."""
+    the config's data root and CSV, ``split`` of it), all with ``base``'s test-time orientations, and
+    writes the table of means and standard deviations over the seeds."""
     unknown = sorted(set(models) - set(MODELS))
     if unknown:
         raise ValueError(f"unknown models {unknown}: choose among {list(MODELS)}")
@@ -123,6 +123,8 @@ def compare_models(
     metadata_csv = metadata_csv if metadata_csv is not None else base.data.metadata
     seeds = list(seeds) if seeds else [int(base.seed)]
     where = dict(metadata_csv=metadata_csv, split=split, k=k, figures=figures)
+    # Every network is evaluated alike, reused runs too: with the base config's test-time orientations.
+    orientations = int(base.get("test_time_orientations", 1))
     rows = []
     for entry in (entry for entry in (*TRAINED, VANILLA, TEXTURE) if entry.name in models):
         runs = []
@@ -144,12 +146,13 @@ def compare_models(
                         pretrained=pretrained_resnet34,
                         image_size=base.image_size,
                         seed=seed,
+                        orientations=orientations,
                     )
                     init = _initialisation(pretrained_resnet34)
                 else:
                     config = run_config(base, entry, pretrained_resnet34, steps, seed)
                     train_seconds = train_or_reuse(config, out / "runs" / name, reuse)
-                    model = load_model(out / "runs" / name)
+                    model = load_model(out / "runs" / name, orientations=orientations)
                     init = _initialisation(config.pretrained)
                 steps_done, image_size = model.identity.get("step", 0), model.image_size
                 report = evaluate(model, db, out / "eval" / name, batch_size=base.eval_batch_size, **where)

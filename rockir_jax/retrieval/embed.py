@@ -1,7 +1,8 @@
 """Embedding whole image sets with a model, sharded over devices, and validation of a model.
 
 Embeddings come from the model's ``embed`` method (DSNN: ``(normalize(f_img) + normalize(f_rock)) / 2``
-and the regression prediction; Siamese and Vanilla: normalised pooled features).
+and the regression prediction; Siamese and Vanilla: normalised pooled features), optionally averaged
+over an image's 8 orientations (test-time augmentation: a slice's rock does not depend on how it lies).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
@@ -35,14 +37,35 @@ from rockir_jax.sharding import DATA_AXIS, shard_batch
 
 EmbedStep = Callable[[Mapping[str, Any], jax.Array], dict[str, jax.Array]]
 
+ORIENTATIONS = (1, 8)
+"""Test-time orientations: the image as it is, or the mean over its 8 (the dihedral group of the square)."""
 
-def make_embed_step(
-    mesh: Mesh, model: nn.Module
-) -> Callable[[Mapping[str, Any], jax.Array], dict[str, jax.Array]]:
-    """``embed_step(variables, images) -> model.embed(images)``, images and outputs split on ``data``."""
+
+def dihedral_views(images: jax.Array) -> jax.Array:
+    """``(8, N, H, W, C)``: ``images`` ``(N, H, W, C)`` as they are, flipped left-right, up-down and both,
+    then the same four of the transposed images (every rotation and reflection of a square)."""
+    views = []
+    for image in (images, jnp.swapaxes(images, 1, 2)):
+        for vertical in (False, True):
+            flipped = image[:, ::-1] if vertical else image
+            views += [flipped, flipped[:, :, ::-1]]
+    return jnp.stack(views)
+
+
+def make_embed_step(mesh: Mesh, model: nn.Module, orientations: int = 1) -> EmbedStep:
+    """``embed_step(variables, images) -> model.embed(images)``, images and outputs split on ``data``.
+
+    With ``orientations=8`` every output is the mean of ``model.embed`` over :func:`dihedral_views`,
+    computed one orientation at a time (the memory of one batch).
+    """
+    if orientations not in ORIENTATIONS:
+        raise ValueError(f"orientations must be one of {ORIENTATIONS}, got {orientations}")
 
     def per_device(variables, images):
-        return model.apply(variables, images, method=model.embed)
+        embed = lambda views: model.apply(variables, views, method=model.embed)
+        if orientations == 1:
+            return embed(images)
+        return jax.tree.map(lambda v: v.mean(axis=0), jax.lax.map(embed, dihedral_views(images)))
 
     sharded = jax.shard_map(
         per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(DATA_AXIS), check_vma=False

@@ -44,13 +44,14 @@ EVALUATION_LEVELS = (*LEVELS, PREFIX_LEVEL)
 def embed_table(
     model: LoadedModel, table: SplitTable, batch_size: int = 64, progress: str | None = "embed"
 ) -> dict[str, np.ndarray]:
-    """``embedding`` (N, D) and, for the DSNN, ``reg`` (N, T) of every image of ``table``, sharded
-    over all devices (``batch_size`` is rounded up to a multiple of the device count)."""
+    """``embedding`` (N, D) and, for the DSNN, ``reg`` (N, T) of every image of ``table`` (each averaged
+    over the model's test-time orientations), sharded over all devices (``batch_size`` is rounded up
+    to a multiple of the device count)."""
     mesh = sharding.make_mesh()
     devices = mesh.devices.size
     batch_size = -(-batch_size // devices) * devices
     source = from_table(table, model.image_size)
-    step = make_embed_step(mesh, model.module)
+    step = make_embed_step(mesh, model.module, model.orientations)
     return embed_source(step, model.variables, source, mesh, batch_size, progress=progress)
 
 

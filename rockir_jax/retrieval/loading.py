@@ -20,6 +20,7 @@ from rockir_jax import run_folder
 from rockir_jax.configuration import load_config
 from rockir_jax.data.metadata import TargetSpec
 from rockir_jax.models import build_model, resnet_params
+from rockir_jax.retrieval.embed import ORIENTATIONS
 from rockir_jax.training.checkpoint import read_model_dir, restore_variables, variables_fingerprint
 
 DEFAULT_TARGETS = TargetSpec()
@@ -27,10 +28,12 @@ DEFAULT_TARGETS = TargetSpec()
 
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
-    """A model ready to embed: module, variables, input size and an identity.
+    """A model ready to embed: module, variables, input size, test-time orientations and an identity.
 
     ``identity`` is stored in every index the model builds; a saved index is only searched with
-    queries embedded by a model of the same identity.
+    queries embedded by a model of the same identity. ``orientations`` (1 or 8) is how many of an
+    image's orientations its embedding and prediction average (:func:`rockir_jax.retrieval.embed.
+    make_embed_step`); the identity names it when it is not 1.
     """
 
     module: nn.Module
@@ -38,6 +41,7 @@ class LoadedModel:
     image_size: int
     identity: dict[str, Any]
     target_spec: TargetSpec = DEFAULT_TARGETS
+    orientations: int = 1
 
 
 def _trained(config: ml_collections.ConfigDict, variables: Mapping[str, Any], step: int) -> LoadedModel:
@@ -61,7 +65,24 @@ def _trained(config: ml_collections.ConfigDict, variables: Mapping[str, Any], st
         "step": int(step),
         "variables_sha256": variables_fingerprint(variables),
     }
-    return LoadedModel(module, variables, config.image_size, identity, TargetSpec(extra=extra))
+    orientations = int(config.get("test_time_orientations", 1))  # runs saved before the option: 1
+    identity |= _orientations(orientations)
+    spec = TargetSpec(extra=extra)
+    return LoadedModel(module, variables, config.image_size, identity, spec, orientations)
+
+
+def _orientations(orientations: int) -> dict[str, int]:
+    """The identity's entry for test-time orientations: none for 1, so older indexes stay comparable."""
+    if orientations not in ORIENTATIONS:
+        raise ValueError(f"test-time orientations must be one of {ORIENTATIONS}, got {orientations}")
+    return {} if orientations == 1 else {"orientations": orientations}
+
+
+def with_orientations(model: LoadedModel, orientations: int) -> LoadedModel:
+    """``model`` embedding each image averaged over ``orientations`` (1 or 8), its identity to match."""
+    identity = {k: v for k, v in model.identity.items() if k != "orientations"}
+    identity |= _orientations(orientations)
+    return dataclasses.replace(model, identity=identity, orientations=orientations)
 
 
 def load_trained(
@@ -90,7 +111,10 @@ def load_exported(model_dir: str | Path) -> LoadedModel:
 
 
 def load_vanilla(
-    backbone: str = "resnet34", image_size: int = 224, pretrained: str | Path | None = None, seed: int = 0
+    backbone: str = "resnet34",
+    image_size: int = 224,
+    pretrained: str | Path | None = None,
+    seed: int = 0,
 ) -> LoadedModel:
     """The vanilla baseline: pooled, normalised features of a ported ImageNet backbone
     (:func:`rockir_jax.models.resnet_params.load_variables`), or of a randomly initialised one without
@@ -127,6 +151,7 @@ def load_model(
     pretrained: str | Path | None = None,
     image_size: int = 224,
     seed: int = 0,
+    orientations: int | None = None,
 ) -> LoadedModel:
     """The model to embed with, from exactly one source.
 
@@ -137,8 +162,15 @@ def load_model(
     - ``vanilla``: the untrained baseline of that backbone (e.g. ``"resnet34"``), with ported ImageNet
       weights from ``pretrained`` (else random, from ``seed``) at ``image_size``.
 
-    ``step`` picks a checkpoint of a run (default: the best, else the latest).
+    ``step`` picks a checkpoint of a run (default: the best, else the latest). ``orientations`` (1 or
+    8) overrides how many orientations of each image are averaged: by default a trained model's
+    config's ``test_time_orientations`` (1 for runs saved before the option), 1 for vanilla.
     """
+    model = _load_model(workdir, model_dir, checkpoint, config, step, vanilla, pretrained, image_size, seed)
+    return model if orientations is None else with_orientations(model, orientations)
+
+
+def _load_model(workdir, model_dir, checkpoint, config, step, vanilla, pretrained, image_size, seed):
     chosen = [workdir is not None, model_dir is not None, checkpoint is not None, vanilla is not None]
     if sum(chosen) != 1:
         raise ValueError(

@@ -140,7 +140,7 @@ class Searcher:
         self.batch_sizes = tuple(sorted(batch_sizes))
         self.knn = KnnIndex(index.embeddings)
         mesh = sharding.make_mesh(jax.devices()[:1])
-        self._embed = make_embed_step(mesh, model.module)
+        self._embed = make_embed_step(mesh, model.module, model.orientations)
         self._variables = sharding.replicate(model.variables, mesh)
         self._queue: list[_Pending] = []
         self._queue_lock = threading.Lock()

@@ -131,6 +131,8 @@ class Validator:
     def __init__(self, config, mesh, model, loss_fn, sources: Mapping[str, data.SplitSource], k: int):
         self.config, self.mesh, self.sources, self.k = config, mesh, sources, k
         self.eval_step = step_lib.make_eval_step(mesh, loss_fn)
+        # One orientation: validation runs often inside the training budget; evaluation, search and
+        # the page average config.test_time_orientations.
         self.embed_step = make_embed_step(mesh, model)
 
     def __call__(self, state: step_lib.TrainState) -> dict[str, float]:
