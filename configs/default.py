@@ -1,7 +1,8 @@
 """Default: DSNN-ResNet-18 on the bundled synthetic digital rocks, sized for 2 CPU cores.
 
 The recipe: standardised regression targets, a supervised contrastive term on the retrieval embeddings,
-all 8 orientations, a warm-up and cosine decay from 1e-3 (what each part does: docs/quality.md).
+all 8 orientations in training and averaged at test time, a warm-up and cosine decay from 1e-3, 96²
+images so that 420 steps fit 10 minutes on 2 cores (what each part does: docs/quality.md).
 ``configs/original_recipe.py`` is the same run with the original RockIR's objective.
 
 python -m rockir_jax.train --config configs/default.py --workdir runs/default
@@ -15,13 +16,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = "dsnn"  # dsnn | siamese
     config.backbone = "resnet18"  # resnet18 | resnet34
     config.pretrained = ""  # a ported ImageNet backbone (rockir-port), or ""
-    config.image_size = 128
+    config.image_size = 96
     config.dtype = "float32"  # computation dtype; bfloat16 on GPU/TPU (params stay float32)
     # 3×3 convolutions: auto = Winograd F(2×2, 3×3) where faster (float32 on CPU, ≥ 128 channels) | direct
     config.conv_algorithm = "auto"
 
     config.global_batch_size = 16
-    config.num_train_steps = 300
+    config.num_train_steps = 420
     # > 0: train for this many epochs of ceil(train images / global_batch_size) steps instead, as the
     # original did (one epoch = as many pairs as training images); num_train_steps is then ignored.
     config.num_epochs = 0
@@ -30,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     # (devices that train; on a CPU host with emulated devices, that count, e.g. one per core).
     config.scale_learning_rate_by_devices = False
     config.weight_decay = 1e-5
-    config.warmup_steps = 30  # linear warm-up from 0 to learning_rate
+    config.warmup_steps = 42  # linear warm-up from 0 to learning_rate
     config.learning_rate_decay = "cosine"  # constant | cosine (to 0 at the last step)
     # > 0: validate and export an exponential moving average of the weights, with this decay (its
     # first steps faster: min(decay, (1 + step) / (10 + step))); 0: the weights as trained.
@@ -74,8 +75,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.train_samples_per_reservoir = 0
 
     config.log_every_steps = 10
-    config.eval_every_steps = 50
-    config.checkpoint_every_steps = 50
+    config.eval_every_steps = 100
+    config.checkpoint_every_steps = 100
     config.checkpoint_every_epochs = 0  # > 0 (with num_epochs): replaces checkpoint_every_steps
     config.keep_checkpoints = 2
     config.eval_pair_batches = 4  # fixed validation pairs for the validation loss

@@ -166,6 +166,8 @@ def load_model(
     8) overrides how many orientations of each image are averaged: by default a trained model's
     config's ``test_time_orientations`` (1 for runs saved before the option), 1 for vanilla.
     """
+    if orientations is not None:
+        _orientations(orientations)  # refused before any loading
     model = _load_model(workdir, model_dir, checkpoint, config, step, vanilla, pretrained, image_size, seed)
     return model if orientations is None else with_orientations(model, orientations)
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from rockir_jax import data, run_folder, runtime, sharding
 from rockir_jax.jsonio import json_text
 from rockir_jax.models import build_model, resnet_params
-from rockir_jax.retrieval.embed import embed_source, make_embed_step, validation_metrics
+from rockir_jax.retrieval.embed import ORIENTATIONS, embed_source, make_embed_step, validation_metrics
 from rockir_jax.retrieval.evaluation import usable_k
 from rockir_jax.retrieval.metrics import best_checkpoint_metric
 from rockir_jax.training import device_layout, losses
@@ -61,6 +61,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         problems.append(f"learning_rate={config.learning_rate} must be positive")
     if config.warmup_steps < 0 or config.weight_decay < 0 or config.num_devices < 0:
         problems.append("warmup_steps, weight_decay and num_devices must not be negative")
+    orientations = config.get("test_time_orientations", 1)
+    if orientations not in ORIENTATIONS:
+        problems.append(f"test_time_orientations={orientations} must be one of {ORIENTATIONS}")
     if problems:
         raise ValueError("config: " + "; ".join(problems))
 
