@@ -128,6 +128,21 @@ def test_table_and_report(rows, tmp_path):
     assert info["device_kind"] in text
 
 
+@pytest.mark.slow
+def test_serve_rows_time_both_orientation_counts():
+    config = benchmark.quick_config(
+        image_sizes=(32,), serve_database=200, serve_requests=2, serve_clients=2, num_devices=2
+    )
+    rows = benchmark.serve_rows(config)
+    assert [r.setting.split(", ")[3:] for r in rows] == [
+        ["1 orientation(s)", "k=10", "1 client(s)"],
+        ["1 orientation(s)", "k=10", "2 client(s)"],
+        ["8 orientation(s)", "k=10", "1 client(s)"],
+        ["8 orientation(s)", "k=10", "2 client(s)"],
+    ]
+    assert all(r.benchmark == "serve" and r.unit == "ms" and r.ours > 0 for r in rows)
+
+
 def test_same_sets_fraction_ignores_order():
     a = np.array([[1, 2, 3], [4, 5, 6]])
     assert benchmark.same_sets_fraction(a, a[:, ::-1]) == 1.0
